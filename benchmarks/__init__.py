@@ -1,0 +1,1 @@
+"""Benchmarks: latency against our torch reference and the weight-streaming floor."""

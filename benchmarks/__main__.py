@@ -1,0 +1,5 @@
+import sys
+
+from .latency import main
+
+sys.exit(main())

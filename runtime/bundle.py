@@ -1,0 +1,119 @@
+"""A bundle is a folder: graphs + manifest.json + tokenizer + voices. This module reads and verifies one.
+
+manifest.json keys: format_version, package_version, config (ModelConfig), mimi (MimiDims or null),
+graphs {name: {file, sha256, contract}}, files {relative path: sha256} (tokenizer, voices), voices [names],
+source {what the bundle was exported from}, generation (default options).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import BUNDLE_FORMAT_VERSION
+from .config import ModelConfig
+from .contracts import GraphSpec, talker_spec, thinker_spec
+from .errors import BundleError
+
+MANIFEST = "manifest.json"
+EXPORT_HINT = "omni-export --checkpoint <sft_omni_768.pth> --mimi <mimi folder> --out <bundle>"
+
+
+def default_bundle_dir() -> Path:
+    """Where omni-export writes and omni-run looks when no --bundle is given: the user cache dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "omni-onnx" / "bundle"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def expected_specs(cfg: ModelConfig, mimi: dict[str, Any] | None) -> dict[str, GraphSpec]:
+    """The contracts this version of the code drives, for a bundle with this config."""
+    specs = {"thinker": thinker_spec(cfg), "talker": talker_spec(cfg)}
+    if mimi is not None:
+        from .contracts import MimiDims, mimi_decoder_spec
+        specs["mimi_decoder"] = mimi_decoder_spec(MimiDims.from_dict(mimi))
+    return specs
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+    config: ModelConfig
+    specs: dict[str, GraphSpec]
+
+    @classmethod
+    def open(cls, root: Path, verify_checksums: bool = True) -> Bundle:
+        root = Path(root)
+        if not root.is_dir():
+            raise BundleError(f"no bundle at {root}: create one with `{EXPORT_HINT}` "
+                              f"(or `omni-export --demo --out {root}` for an offline demo), or pass --bundle DIR")
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing; re-export it with `{EXPORT_HINT}`")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{mpath} is unreadable ({e}); re-export the bundle") from None
+        version = manifest.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"bundle {root} has format version {version} (package {manifest.get('package_version', '?')}), "
+                f"but this omni-onnx reads format {BUNDLE_FORMAT_VERSION}: re-export it with this version "
+                f"(`{EXPORT_HINT}`)")
+        try:
+            config = ModelConfig.from_dict(manifest["config"])
+            specs = expected_specs(config, manifest.get("mimi"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"bundle {root} has an invalid manifest ({e}); re-export it") from None
+        bundle = cls(root, manifest, config, specs)
+        bundle._check_graph_entries()
+        if verify_checksums:
+            bundle._check_files()
+        return bundle
+
+    def _check_graph_entries(self) -> None:
+        graphs = self.manifest.get("graphs", {})
+        for name, spec in self.specs.items():
+            entry = graphs.get(name)
+            if entry is None:
+                raise BundleError(f"bundle {self.root} lacks the {name} graph in its manifest; re-export it")
+            if GraphSpec.from_dict(entry["contract"]) != spec:
+                raise BundleError(f"the {name} graph in {self.root} was exported with another contract "
+                                  f"(version {entry['contract'].get('version')}, this code needs {spec.version}); "
+                                  f"re-export the bundle with this omni-onnx")
+
+    def _check_files(self) -> None:
+        listed = {e["file"]: e["sha256"] for e in self.manifest["graphs"].values()}
+        listed.update(self.manifest.get("files", {}))
+        for rel, digest in listed.items():
+            path = self.root / rel
+            if not path.is_file():
+                raise BundleError(f"bundle {self.root} is missing {rel}; re-export it")
+            if sha256_file(path) != digest:
+                raise BundleError(f"{path} does not match its checksum in {MANIFEST} (corrupted, truncated or "
+                                  f"edited); re-export the bundle")
+
+    def has_graph(self, name: str) -> bool:
+        return name in self.specs
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.manifest["graphs"][name]["file"]
+
+    @property
+    def voices(self) -> list[str]:
+        return list(self.manifest.get("voices", []))
+
+    def voice_path(self, name: str) -> Path:
+        return self.root / "voices" / f"{name}.npz"

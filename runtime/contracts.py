@@ -1,0 +1,195 @@
+"""Graph contracts: the one source of truth for every graph's input/output names, dtypes and dims.
+
+Export builds `input_names`, `output_names` and `dynamic_axes` from these specs; the runtime checks each loaded
+graph against the spec stored in the bundle manifest and feeds tensors by name. Recurrent state follows one rule:
+input `past_<name>` pairs with output `present_<name>`.
+
+KV caches: the Thinker and Talker graphs read the cache of all earlier positions (`past_key_<i>`,
+float32 `[1, past_seq, kv_heads, head_dim]`, upstream's layout) and return only the entries of the positions they
+were given (`present_key_<i>`, `[1, seq, kv_heads, head_dim]`). The runtime writes those into a cache preallocated
+to the context limit, so no step copies or reallocates the whole cache on the Python side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import ModelConfig
+from .errors import BundleError
+
+# Every symbolic dim a contract may use.
+DIMS = ("seq", "past_seq")
+
+
+class ContractError(BundleError):
+    """A graph's inputs or outputs differ from its contract."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", "bool"
+    dims: tuple[str | int, ...]  # ints are fixed; strings are names from DIMS
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    graph: str
+    version: int  # bump on any I/O change
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    atol: float  # fp32 export parity tolerance against the torch module
+
+    def state_pairs(self) -> list[tuple[str, str]]:
+        """(input, output) names of recurrent state tensors, by the past_/present_ rule."""
+        outs = {o.name for o in self.outputs}
+        return [(i.name, "present_" + i.name[5:]) for i in self.inputs
+                if i.name.startswith("past_") and "present_" + i.name[5:] in outs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes: dict[str, dict[int, str]] = {}
+        for t in self.inputs + self.outputs:
+            named = {k: d for k, d in enumerate(t.dims) if isinstance(d, str)}
+            if named:
+                axes[t.name] = named
+        return axes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in items)
+        return cls(d["graph"], int(d["version"]), tensors(d["inputs"]), tensors(d["outputs"]), float(d["atol"]))
+
+
+def _kv(prefix: str, n_layers: int, seq: str, kv_heads: int, head_dim: int) -> tuple[TensorSpec, ...]:
+    out: list[TensorSpec] = []
+    for i in range(n_layers):
+        out.append(TensorSpec(f"{prefix}_key_{i}", "float32", (1, seq, kv_heads, head_dim)))
+        out.append(TensorSpec(f"{prefix}_value_{i}", "float32", (1, seq, kv_heads, head_dim)))
+    return tuple(out)
+
+
+def thinker_spec(cfg: ModelConfig) -> GraphSpec:
+    """Thinker over `seq` new positions after `past_seq` cached ones (prefill: seq = prompt; decode: seq = 1).
+
+    `feature_embeds` replace the token embedding where `feature_mask` is true (speech/image features at their
+    placeholder positions, prefill only; all false for text). Outputs the last position's logits, the
+    bridge-layer hidden state of every new position (what the Talker reads), and the new KV entries.
+    """
+    L, H, KV, D = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim
+    return GraphSpec(
+        graph="thinker",
+        version=1,
+        inputs=(
+            TensorSpec("input_ids", "int64", (1, "seq")),
+            TensorSpec("feature_embeds", "float32", (1, "seq", H)),
+            TensorSpec("feature_mask", "bool", (1, "seq")),
+        ) + _kv("past", L, "past_seq", KV, D),
+        outputs=(
+            TensorSpec("logits", "float32", (1, cfg.vocab_size)),
+            TensorSpec("bridge", "float32", (1, "seq", H)),
+        ) + _kv("present", L, "seq", KV, D),
+        atol=1e-4,
+    )
+
+
+def talker_spec(cfg: ModelConfig) -> GraphSpec:
+    """Talker over `seq` new positions: bridge states + the 8-codebook code columns -> 8 codebook logits.
+
+    `spk_mask` marks positions whose input embedding is replaced by the projected speaker embedding
+    (upstream: codebook-0 id == spk code, and only when a speaker embedding is given; the runtime decides).
+    Outputs the last position's logits for every codebook and the new KV entries.
+    """
+    L, KV, D = cfg.num_talker_hidden_layers, cfg.talker_num_key_value_heads, cfg.talker_head_dim
+    return GraphSpec(
+        graph="talker",
+        version=1,
+        inputs=(
+            TensorSpec("bridge", "float32", (1, "seq", cfg.hidden_size)),
+            TensorSpec("codes", "int64", (1, cfg.num_codebooks, "seq")),
+            TensorSpec("spk_mask", "bool", (1, "seq")),
+            TensorSpec("spk_emb", "float32", (1, cfg.spk_emb_size)),
+        ) + _kv("past", L, "past_seq", KV, D),
+        outputs=(
+            TensorSpec("audio_logits", "float32", (1, cfg.num_codebooks, cfg.audio_vocab_size)),
+        ) + _kv("present", L, "seq", KV, D),
+        atol=1e-4,
+    )
+
+
+@dataclass(frozen=True)
+class MimiDims:
+    """What the runtime needs to drive the streaming Mimi decoder graph; the exporter derives it from MimiConfig.
+
+    State per frame: one KV ring of `kv_window` slots per transformer layer (the decoder transformer's sliding
+    window, so it never grows with the answer), one left-context buffer per causal conv and one overlap tail per
+    transposed conv (`conv_states`: (channels, length) each, in graph order), and a position counter.
+    """
+
+    num_layers: int  # decoder transformer layers
+    num_heads: int
+    head_dim: int
+    kv_window: int  # ring slots per layer = MimiConfig.sliding_window (transformer steps)
+    conv_states: tuple[tuple[int, int], ...]
+    num_codebooks: int = 8  # codebooks the Talker predicts (Mimi has 32; upstream decodes the first 8)
+    codebook_size: int = 2048
+    frame_samples: int = 1920  # samples per 12.5 Hz code frame
+    sample_rate: int = 24000
+    steps_per_frame: int = 2  # decoder transformer steps per code frame (12.5 Hz -> 25 Hz)
+
+    @property
+    def kv_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.num_heads, self.kv_window, self.head_dim)
+
+    @property
+    def new_kv_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.num_heads, self.steps_per_frame, self.head_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["conv_states"] = [list(s) for s in self.conv_states]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MimiDims:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown Mimi dims keys {unknown}; this bundle was written by another version")
+        return cls(**{**d, "conv_states": tuple((int(c), int(n)) for c, n in d["conv_states"])})
+
+
+def mimi_decoder_spec(dims: MimiDims) -> GraphSpec:
+    """One Mimi code frame -> `frame_samples` of 24 kHz audio, all state explicit and fixed-size.
+
+    `position` is the transformer position of the frame's first step (steps_per_frame x frames decoded so far);
+    ring slot s of `past_key_<i>`/`past_value_<i>` holds the latest earlier position p with p % kv_window == s
+    (empty while p < 0). The graph returns only the new entries (`present_key_<i>`: one per step); the runtime
+    writes them into the ring at (position + t) % kv_window. Conv states are replaced whole (`present_conv_<j>`).
+    """
+    kv: list[TensorSpec] = []
+    new_kv: list[TensorSpec] = []
+    for i in range(dims.num_layers):
+        for kind in ("key", "value"):
+            kv.append(TensorSpec(f"past_{kind}_{i}", "float32", dims.kv_shape))
+            new_kv.append(TensorSpec(f"present_{kind}_{i}", "float32", dims.new_kv_shape))
+    conv = [(f"conv_{j}", (1, c, n)) for j, (c, n) in enumerate(dims.conv_states)]
+    return GraphSpec(
+        graph="mimi_decoder",
+        version=1,
+        inputs=(
+            TensorSpec("codes", "int64", (1, dims.num_codebooks, 1)),
+            TensorSpec("position", "int64", (1,)),
+            *kv,
+            *(TensorSpec("past_" + n, "float32", s) for n, s in conv),
+        ),
+        outputs=(
+            TensorSpec("audio", "float32", (1, 1, dims.frame_samples)),
+            *new_kv,
+            *(TensorSpec("present_" + n, "float32", s) for n, s in conv),
+        ),
+        atol=1e-4,
+    )

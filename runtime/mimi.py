@@ -1,0 +1,98 @@
+"""Streaming Mimi decoding: one 8-code frame in, 1920 samples of 24 kHz audio out, state carried explicitly.
+
+The decoder transformer's keys/values live in fixed rings of `kv_window` slots per layer. The graph returns only
+the two new entries per layer and `decode_frame` writes them in place, so no step copies the ~8 MB cache. The
+returned state therefore shares its rings with the one passed in: keep only the latest state.
+
+    codes [8] -> zero >= 2049 -> graph(codes, position, rings, conv states)
+                                   |-> audio [1920]
+                                   |-> present_key/value_<i> [1, H, 2, D] -> written into the rings
+                                   '-> present_conv_<j> -> next state's conv states
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .contracts import ContractError, MimiDims, mimi_decoder_spec
+from .session import GraphSession
+
+F32 = NDArray[np.float32]
+
+# Upstream decodes pad (2049), stop (2050) and speaker (2051) codes as code 0.
+FIRST_ZEROED_CODE = 2049
+
+
+class KvRing:
+    """Per-layer key/value buffers of `kv_window` slots, written in place; `written` counts positions stored."""
+
+    def __init__(self, dims: MimiDims):
+        self.keys = [np.zeros(dims.kv_shape, np.float32) for _ in range(dims.num_layers)]
+        self.values = [np.zeros(dims.kv_shape, np.float32) for _ in range(dims.num_layers)]
+        self.written = 0
+
+
+@dataclass(frozen=True)
+class MimiState:
+    """Decoder state after `position // steps_per_frame` frames. `kv` is shared with the next state."""
+
+    position: int  # transformer steps decoded so far
+    conv: tuple[F32, ...]  # one per MimiDims.conv_states entry
+    kv: KvRing
+
+
+class MimiStreamDecoder:
+    """Runs the `mimi_decoder` graph frame by frame; equals transformers' `MimiModel.decode` of the whole answer."""
+
+    def __init__(self, session: GraphSession, dims: MimiDims):
+        if session.spec != mimi_decoder_spec(dims):
+            raise ContractError(f"{session.path.name} was opened with a spec that does not match these Mimi dims; "
+                                f"open it with mimi_decoder_spec(dims) for the dims stored beside the graph")
+        self.session, self.dims = session, dims
+        layers = range(dims.num_layers)
+        self._kv_names = [(f"key_{i}", f"value_{i}") for i in layers]
+        self._conv_names = [f"conv_{j}" for j in range(len(dims.conv_states))]
+
+    def initial_state(self) -> MimiState:
+        conv = tuple(np.zeros((1, c, n), np.float32) for c, n in self.dims.conv_states)
+        return MimiState(0, conv, KvRing(self.dims))
+
+    def feeds(self, codes: NDArray[np.integer], state: MimiState) -> dict[str, np.ndarray]:
+        """The graph inputs for one frame. `codes`: int `[num_codebooks]`, Talker codes (>= 2049 decode as 0)."""
+        d = self.dims
+        codes = np.asarray(codes)
+        if codes.shape != (d.num_codebooks,) or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"codes must be an integer array of shape ({d.num_codebooks},), "
+                             f"got {codes.dtype} {codes.shape}")
+        if state.position != state.kv.written:
+            raise RuntimeError("this MimiState was already advanced by decode_frame (its KV rings are shared); "
+                               "pass the state returned by the latest call, or start over with initial_state()")
+        codes = np.where(codes >= FIRST_ZEROED_CODE, 0, codes).astype(np.int64)
+        if codes.min() < 0 or codes.max() >= d.codebook_size:
+            raise ValueError(f"codes must be Mimi codes in [0, {d.codebook_size}) or >= {FIRST_ZEROED_CODE} "
+                             f"(decoded as 0), got {codes.tolist()}; drop frames holding code {d.codebook_size}")
+        feeds = {"codes": codes.reshape(1, d.num_codebooks, 1),
+                 "position": np.array([state.position], np.int64)}
+        for (k, v), key, value in zip(self._kv_names, state.kv.keys, state.kv.values):
+            feeds["past_" + k], feeds["past_" + v] = key, value
+        feeds.update(("past_" + n, s) for n, s in zip(self._conv_names, state.conv))
+        return feeds
+
+    def advance(self, state: MimiState, outputs: dict[str, np.ndarray]) -> tuple[F32, MimiState]:
+        """Write the graph outputs for one frame into the state: (audio float32 `[frame_samples]`, next state)."""
+        steps, kv = self.dims.steps_per_frame, state.kv
+        slots = (state.position + np.arange(steps)) % self.dims.kv_window
+        for (k, v), key, value in zip(self._kv_names, kv.keys, kv.values):
+            key[:, :, slots] = outputs["present_" + k]
+            value[:, :, slots] = outputs["present_" + v]
+        kv.written += steps
+        conv = tuple(outputs["present_" + n] for n in self._conv_names)
+        return outputs["audio"].reshape(-1), MimiState(state.position + steps, conv, kv)
+
+    def decode_frame(self, codes: NDArray[np.integer], state: MimiState) -> tuple[F32, MimiState]:
+        """Decode one frame. `codes`: int `[num_codebooks]`. Returns audio float32 `[frame_samples]` and the
+        next state; the passed state is used up (its KV rings now belong to the returned one)."""
+        return self.advance(state, self.session.run(self.feeds(codes, state)))

@@ -1,0 +1,88 @@
+"""One wrapper class for every ONNX graph: opens the session, checks the contract, runs by name."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .contracts import DIMS, ContractError, GraphSpec
+from .errors import BundleError
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)",
+              "float16": "tensor(float16)", "int32": "tensor(int32)"}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    spin: bool = True  # busy-wait between ops; faster steps, more power
+
+
+def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if opts.threads:
+        so.intra_op_num_threads = opts.threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spin else "0")
+    try:
+        return ort.InferenceSession(os.fspath(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"cannot load graph {path.name}: {first[:200]}. The file is corrupted or truncated; "
+                          f"re-export the bundle with omni-export") from None
+
+
+def check_contract(sess: ort.InferenceSession, spec: GraphSpec) -> None:
+    """Raise ContractError listing every difference between the session's I/O and the spec."""
+    problems: list[str] = []
+    for kind, actual, expected in (("input", sess.get_inputs(), spec.inputs),
+                                   ("output", sess.get_outputs(), spec.outputs)):
+        got = {a.name: a for a in actual}
+        for t in expected:
+            a = got.pop(t.name, None)
+            if a is None:
+                problems.append(f"missing {kind} {t.name}")
+                continue
+            if a.type != _ORT_TYPES[t.dtype]:
+                problems.append(f"{kind} {t.name}: dtype {a.type}, contract {t.dtype}")
+            if len(a.shape) != len(t.dims):
+                problems.append(f"{kind} {t.name}: rank {len(a.shape)}, contract {len(t.dims)}")
+                continue
+            for k, (have, want) in enumerate(zip(a.shape, t.dims)):
+                if isinstance(want, int) and have != want:
+                    problems.append(f"{kind} {t.name}: dim {k} is {have}, contract {want}")
+                if isinstance(want, str) and want not in DIMS:
+                    problems.append(f"{kind} {t.name}: unknown symbolic dim {want!r}")
+        problems += [f"unexpected {kind} {n}" for n in got]
+    if problems:
+        raise ContractError(f"graph {spec.graph} does not match its contract:\n- " + "\n- ".join(problems))
+
+
+class GraphSession:
+    """An onnxruntime session bound to its contract. `run` takes and returns dicts keyed by tensor name."""
+
+    def __init__(self, path: Path, spec: GraphSpec, opts: SessionOptions = SessionOptions()):
+        self.path, self.spec = Path(path), spec
+        self.sess = make_session(self.path, opts)
+        check_contract(self.sess, spec)
+        self._output_names = [o.name for o in spec.outputs]
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [t.name for t in self.spec.inputs if t.name not in feeds]
+        if missing:
+            raise RuntimeError(f"{self.spec.graph}: missing feeds {missing}")
+        for name, arr in feeds.items():
+            if arr.dtype != self._dtypes[name]:
+                raise RuntimeError(f"{self.spec.graph}: feed {name} is {arr.dtype}, contract {self._dtypes[name]}")
+        outs = self.sess.run(self._output_names, feeds)
+        return dict(zip(self._output_names, outs))

@@ -1,0 +1,133 @@
+"""Streaming Mimi decoder: the ONNX graph run frame by frame equals transformers' `MimiModel.decode` of all frames.
+
+Pins: transposed convolutions must carry their overlap tail across frames (transformers' own frame-by-frame decode
+drifts); the decoder transformer's sliding window (tiny: 8 steps = 4 frames, crossed by the 20-frame answers);
+upstream zeroes codes >= 2049 before decoding; the KV rings are shared, so a used-up state must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from omni_onnx.contracts import ContractError, MimiDims, mimi_decoder_spec  # noqa: E402
+from omni_onnx.export.mimi_decoder import ParityError, export, load_mimi, mimi_dims, verify  # noqa: E402
+from omni_onnx.export.random_mimi import write_random_mimi  # noqa: E402
+from omni_onnx.mimi import MimiStreamDecoder  # noqa: E402
+from omni_onnx.session import GraphSession  # noqa: E402
+
+FRAMES = 20
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="session")
+def mimi(tmp_path_factory):
+    return load_mimi(write_random_mimi(tmp_path_factory.mktemp("mimi"), "tiny"))
+
+
+@pytest.fixture(scope="session")
+def graph(mimi, tmp_path_factory):
+    return export(mimi, tmp_path_factory.mktemp("graphs") / "mimi_decoder.onnx")
+
+
+@pytest.fixture()
+def decoder(mimi, graph):
+    dims = mimi_dims(mimi)
+    return MimiStreamDecoder(GraphSession(graph, mimi_decoder_spec(dims)), dims)
+
+
+@pytest.fixture(scope="session")
+def codes():
+    return np.random.default_rng(1).integers(0, 2048, (8, FRAMES))
+
+
+def reference(mimi, codes: np.ndarray) -> np.ndarray:
+    """Upstream's decode: codes >= 2049 set to 0, then `MimiModel.decode` of all frames at once."""
+    c = torch.from_numpy(codes[None])
+    with torch.no_grad():
+        return mimi.decode(torch.where(c >= 2049, 0, c)).audio_values.numpy().reshape(-1)
+
+
+def stream(decoder: MimiStreamDecoder, codes: np.ndarray) -> np.ndarray:
+    state, out = decoder.initial_state(), []
+    for f in range(codes.shape[1]):
+        pcm, state = decoder.decode_frame(codes[:, f], state)
+        out.append(pcm)
+    return np.concatenate(out)
+
+
+def test_answers_cross_the_sliding_window(mimi):
+    assert FRAMES * mimi_dims(mimi).steps_per_frame > 2 * mimi.config.sliding_window
+
+
+def test_stream_equals_full_decode(mimi, decoder, codes):
+    got, want = stream(decoder, codes), reference(mimi, codes)
+    assert got.shape == want.shape == (FRAMES * 1920,)
+    np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+
+
+def test_transformers_framewise_decode_is_not_exact(mimi, codes):
+    """Why the stateful graph exists: decoding frames independently differs from the whole-answer decode."""
+    framewise = np.concatenate([reference(mimi, codes[:, f:f + 1]) for f in range(FRAMES)])
+    assert np.abs(framewise - reference(mimi, codes)).max() > 100 * ATOL
+
+
+def test_graph_matches_torch_step_every_frame(mimi, graph):
+    verify(mimi, graph, frames=FRAMES)  # every output per frame vs MimiStreamStep, and stream vs full decode
+
+
+def test_verify_catches_other_weights(graph, tmp_path):
+    other = load_mimi(write_random_mimi(tmp_path, "tiny", seed=1))
+    with pytest.raises(ParityError, match="audio"):
+        verify(other, graph, frames=2)
+
+
+def test_codes_from_2049_decode_as_zero(mimi, decoder, codes):
+    special = codes.copy()
+    special[:, 3] = 2049
+    special[2, 5], special[7, 9] = 2050, 2051
+    got = stream(decoder, special)
+    np.testing.assert_allclose(got, reference(mimi, special), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(got, stream(decoder, np.where(special >= 2049, 0, special)))
+
+
+@pytest.mark.parametrize("bad", [np.full(8, 2048), np.full(8, -1), np.zeros(7, np.int64), np.zeros(8, np.float32)])
+def test_bad_codes_are_refused(decoder, bad):
+    with pytest.raises(ValueError, match="codes"):
+        decoder.decode_frame(bad, decoder.initial_state())
+
+
+def test_appending_frames_never_changes_earlier_audio(mimi, decoder, codes):
+    full_ref, full_stream = reference(mimi, codes), stream(decoder, codes)
+    for n in (1, 7, 13):
+        np.testing.assert_allclose(reference(mimi, codes[:, :n]), full_ref[:n * 1920], rtol=0, atol=ATOL)
+        np.testing.assert_array_equal(stream(decoder, codes[:, :n]), full_stream[:n * 1920])
+
+
+def test_used_up_state_is_refused(decoder, codes):
+    state = decoder.initial_state()
+    decoder.decode_frame(codes[:, 0], state)
+    with pytest.raises(RuntimeError, match="latest"):
+        decoder.decode_frame(codes[:, 1], state)
+
+
+def test_dims_round_trip_and_contract(mimi, graph):
+    dims = mimi_dims(mimi)
+    assert MimiDims.from_dict(json.loads(json.dumps(dims.to_dict()))) == dims
+    other = MimiDims(**{**dims.to_dict(), "conv_states": dims.conv_states, "kv_window": 16})
+    with pytest.raises(ContractError):
+        GraphSession(graph, mimi_decoder_spec(other))
+
+
+def test_load_mimi_names_the_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_mimi(tmp_path / "nope")
+    with pytest.raises(ValueError, match="config.json"):
+        load_mimi(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_mimi(tmp_path)
