@@ -34,3 +34,51 @@ def tiny_bundle(tiny_checkpoint, tiny_mimi, tmp_path_factory) -> Path:
 def tiny_torch_model(tiny_checkpoint):
     from omni_onnx.export.checkpoint import load_model
     return load_model(tiny_checkpoint)
+
+
+def _lively(sd: dict) -> dict:
+    """Raw N(0, 0.02) weights make the model repeat one token and one code; amplifying the layer outputs and the
+    Talker's inputs gives varied text and codes, so the loop's paths are exercised."""
+    for k in sd:
+        if k.endswith(("o_proj.weight", "down_proj.weight")):
+            sd[k] = sd[k] * 8
+    for k in ("talker.embed_proj.0.weight", "talker.codec_proj.0.weight", "talker.embed_tokens.base.weight"):
+        sd[k] = sd[k] * 30
+    return sd
+
+
+def _steer(sd: dict, text_token: int, code: int) -> dict:
+    """EOS (2) wins where `text_token` would have; stop code 2050 where `code` would have."""
+    emb = sd["model.embed_tokens.weight"].clone()
+    emb[2] = 1.2 * emb[text_token]
+    sd["model.embed_tokens.weight"] = sd["lm_head.weight"] = emb
+    for k in [k for k in sd if k == "talker.lm_head.base.weight" or
+              (k.startswith("talker.lm_head.adapters.") and k.endswith(".2.weight"))]:
+        w = sd[k].clone()
+        w[2050] = 1.2 * w[code]
+        sd[k] = w
+    return sd
+
+
+@pytest.fixture(scope="session")
+def tiny_eos_checkpoint(tiny_checkpoint, tmp_path_factory) -> tuple[Path, list[int]]:
+    """A tiny checkpoint whose greedy answer to the test prompt reaches EOS and then stop codes on every codebook
+    before max_new_tokens, found by steering EOS/stop onto tokens the lively model emits mid-answer.
+
+    Returns (checkpoint, prompt ids)."""
+    import torch
+
+    from omni_onnx.export.checkpoint import load_model
+    from omni_onnx.export.reference import chat_prompt_ids, reference_generate
+    prompt = chat_prompt_ids([{"role": "user", "content": "Why is the sky blue?"}])
+    base = _lively({k: v.float() for k, v in torch.load(tiny_checkpoint).items()})
+    path = tmp_path_factory.mktemp("eos") / "sft_omni_768.pth"
+    torch.save({k: v.half() for k, v in base.items()}, path)
+    probe = reference_generate(load_model(path), prompt, 40, greedy=True)
+    for t in probe.text_ids[4:12]:
+        for c in probe.audio_codes[0][6:14]:
+            torch.save({k: v.half() for k, v in _steer(dict(base), t, c).items()}, path)
+            d = reference_generate(load_model(path), prompt, 64, greedy=True)
+            if 2 in d.text_ids and len(d.audio_codes[0]) < 64 and d.frames:
+                return path, prompt
+    raise RuntimeError("no steering found that reaches EOS and stops; revisit _steer")

@@ -1,6 +1,7 @@
 """The fixed-size code ring vs upstream's growing per-codebook lists (stream_generate's frame/stop logic)."""
 
 import numpy as np
+import pytest
 
 from omni_onnx.codes import AudioCodeRing
 
@@ -24,10 +25,12 @@ def upstream_lists(columns, sampled_masks, audio_steps):
     return frames
 
 
-def test_ring_matches_upstream_lists_over_a_long_answer_with_stops():
+@pytest.mark.parametrize("think_end", [1, 9], ids=["plain", "thinking"])
+def test_ring_matches_upstream_lists_over_a_long_answer_with_stops(think_end):
+    """think_end = T: audio_step = step - T (plain mode T = 1; thinking mode T = step of `</think>\n\n` + 2)."""
     rng = np.random.default_rng(0)
     n_steps = 300
-    audio_steps = [s - 1 for s in range(n_steps)]
+    audio_steps = [-1 if s < think_end - 2 else s - think_end for s in range(n_steps)]
     columns, masks = [], []
     for s in range(n_steps):
         smp = np.array([audio_steps[s] >= i for i in range(8)])

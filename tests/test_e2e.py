@@ -101,3 +101,19 @@ def test_demo_cli_builds_a_runnable_bundle(tmp_path):
     assert main(["--bundle", str(out), "--text", "hi", "--greedy", "--max-new-tokens", "12",
                  "--out", str(tmp_path / "d.wav")]) == 0
     assert Path(tmp_path / "d.wav").stat().st_size > 44
+
+
+def test_eos_fill_and_stop_rule_match_reference(tiny_eos_checkpoint, tmp_path):
+    """Text reaches EOS (then 201, 0 fill), every codebook draws a stop code, and the loop breaks early."""
+    from omni_onnx.export.checkpoint import load_model
+    from omni_onnx.export.cli import export_bundle
+    ckpt, prompt = tiny_eos_checkpoint
+    bundle = export_bundle(ckpt, None, [], tmp_path / "b", verify=False)
+    record = CodeDump([])
+    events = list(Conversation(OmniModel.load(bundle)).respond(
+        QUESTION, GenerationOptions(max_new_tokens=64, greedy=True), decode_audio=False, record=record))
+    ref = reference_generate(load_model(ckpt), prompt, 64, greedy=True)
+    assert ref.text_ids[-1] == 2 and len(ref.audio_codes[0]) < 64  # the paths under test were reached
+    assert (record.prompt_ids, record.text_ids, record.audio_codes, record.frames) == \
+        (ref.prompt_ids, ref.text_ids, ref.audio_codes, ref.frames)
+    assert events[-1].reason == "eos"
