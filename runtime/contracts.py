@@ -157,8 +157,10 @@ class MimiDims:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MimiDims:
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown Mimi dims keys {unknown}; this bundle was written by another version")
+        missing = sorted({"num_layers", "num_heads", "head_dim", "kv_window", "conv_states"} - set(d))
+        if unknown or missing:
+            raise ValueError(f"Mimi dims with unknown keys {unknown} / missing keys {missing}; "
+                             f"this bundle was written by another version: re-export it")
         return cls(**{**d, "conv_states": tuple((int(c), int(n)) for c, n in d["conv_states"])})
 
 
@@ -191,5 +193,20 @@ def mimi_decoder_spec(dims: MimiDims) -> GraphSpec:
             *new_kv,
             *(TensorSpec("present_" + n, "float32", s) for n, s in conv),
         ),
+        atol=1e-4,
+    )
+
+
+def audio_projector_spec(cfg: ModelConfig) -> GraphSpec:
+    """Speech encoder output (SenseVoice tp_norm) -> Thinker embeddings for the `<|audio_pad|>` positions.
+
+    A graph of its own: its weights come from the MiniMind-O checkpoint while the encoder's come from the
+    SenseVoice folder, and the un-projected encoder output also feeds the CTC transcript.
+    """
+    return GraphSpec(
+        graph="audio_projector",
+        version=1,
+        inputs=(TensorSpec("audio_features", "float32", (1, "seq", cfg.audio_hidden_size)),),
+        outputs=(TensorSpec("audio_embeds", "float32", (1, "seq", cfg.hidden_size)),),
         atol=1e-4,
     )

@@ -83,10 +83,13 @@ class ModelState:
     def truncate(self, n: int) -> None:
         self.thinker.length = self.talker.length = min(n, self.length)
 
-    def reusable_prefix(self, ids: np.ndarray, codes: np.ndarray) -> int:
-        """Length of the cached prefix equal to (ids, codes), leaving at least one position to recompute."""
+    def reusable_prefix(self, ids: np.ndarray, codes: np.ndarray, feature_mask: np.ndarray | None = None) -> int:
+        """Length of the cached prefix equal to (ids, codes), leaving at least one position to recompute.
+        Positions that carry injected features never match (their input is not the token id)."""
         n = min(self.length, len(ids) - 1)
         same = (self.ids[:n] == ids[:n]) & (self.codes[:, :n] == codes[:, :n]).all(axis=0)
+        if feature_mask is not None:
+            same &= ~feature_mask[:n]
         return n if same.all() else int(np.argmin(same))
 
 
@@ -107,6 +110,17 @@ def prompt_codes(cfg: ModelConfig, prompt_len: int, speaker: Speaker) -> np.ndar
     if speaker.spk_emb is not None and fill_start > 0:
         buf[:, fill_start - 1] = cfg.audio_spk_code
     return buf
+
+
+FEATURE_ID = -1  # what ModelState.ids records at positions whose input was an injected feature
+
+
+@dataclass(frozen=True)
+class Features:
+    """Speech/image embeddings for prompt positions: `embeds` float32 [prompt_len, hidden] used where `mask`
+    bool [prompt_len] is true (the placeholder positions), the token embedding elsewhere."""
+    embeds: np.ndarray
+    mask: np.ndarray
 
 
 class ContextFull(Exception):
@@ -139,7 +153,7 @@ class Stepper:
                                 "spk_emb": self.spk_emb, **st.talker.past_feeds()})
         st.thinker.append(out, t)
         st.talker.append(aout, t)
-        st.ids[start:start + t] = ids
+        st.ids[start:start + t] = np.where(feature_mask[0], FEATURE_ID, ids)
         st.codes[:, start:start + t] = codes
         return out["logits"][0], aout["audio_logits"][0]
 
@@ -152,7 +166,8 @@ class Step:
 
 
 def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: GenerationOptions,
-             rng: np.random.Generator | None, record: CodeDump | None = None) -> Iterator[Step]:
+             rng: np.random.Generator | None, record: CodeDump | None = None,
+             features: Features | None = None) -> Iterator[Step]:
     """Upstream's stream_generate (spec section 7), step for step. Work happens on iteration.
 
     Raises ContextFull (after yielding what fit) when the context limit is reached.
@@ -161,9 +176,13 @@ def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: Ge
     n_cb, L = cfg.num_codebooks, len(prompt_ids)
     ids = np.asarray(prompt_ids, np.int64)
     codes = prompt_codes(cfg, L, speaker)
-    st.reused = reuse = st.reusable_prefix(ids, codes)
+    st.reused = reuse = st.reusable_prefix(ids, codes, None if features is None else features.mask)
     st.truncate(reuse)
-    logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:])
+    if features is None:
+        logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:])
+    else:
+        logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:], features.embeds[None, reuse:],
+                                           features.mask[None, reuse:])
 
     seen = np.zeros(cfg.vocab_size, bool)
     seen[ids] = True

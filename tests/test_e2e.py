@@ -117,3 +117,12 @@ def test_eos_fill_and_stop_rule_match_reference(tiny_eos_checkpoint, tmp_path):
     assert (record.prompt_ids, record.text_ids, record.audio_codes, record.frames) == \
         (ref.prompt_ids, ref.text_ids, ref.audio_codes, ref.frames)
     assert events[-1].reason == "eos"
+
+
+def test_chat_mode_keeps_history_and_writes_numbered_wavs(tiny_bundle, tmp_path, monkeypatch, capsys):
+    lines = iter(["Hello", "", "Tell me more.", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    out = tmp_path / "turn.wav"
+    assert main(["--bundle", str(tiny_bundle), "--greedy", "--max-new-tokens", "16", "--out", str(out)]) == 0
+    assert (tmp_path / "turn-1.wav").exists() and (tmp_path / "turn-2.wav").exists()
+    assert capsys.readouterr().out.count("omni> ") == 2

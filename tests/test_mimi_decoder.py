@@ -25,8 +25,8 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="session")
-def mimi(tmp_path_factory):
-    return load_mimi(write_random_mimi(tmp_path_factory.mktemp("mimi"), "tiny"))
+def mimi(tiny_mimi):
+    return load_mimi(tiny_mimi)
 
 
 @pytest.fixture(scope="session")
