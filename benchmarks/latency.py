@@ -185,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.demo:
             from omni_onnx.config import FULL, TINY
-            from omni_onnx.export.cli import export_bundle
+            from omni_onnx.export.cli import Sources, export_bundle
             from omni_onnx.export.random_checkpoint import write_random_pth
             from omni_onnx.export.random_mimi import write_random_mimi
             args.checkpoint = write_random_pth(Path(tmp) / "sft_omni_768.pth", FULL if args.demo == "full" else TINY)
             args.mimi = write_random_mimi(Path(tmp) / "mimi", size=args.demo)
-            args.bundle = export_bundle(args.checkpoint, args.mimi, [], Path(tmp) / "bundle", verify=False)
+            args.bundle = export_bundle(Sources(args.checkpoint, args.mimi, voices=()), Path(tmp) / "bundle",
+                                        verify=False)
         if args.bundle is None or args.checkpoint is None:
             p.error("give --bundle and --checkpoint (the same weights), or --demo")
         bw = read_bandwidth_gbs(args.threads)

@@ -29,8 +29,9 @@ def copy_tokenizer(out: Path) -> list[str]:
 
 
 def write_manifest(out: Path, cfg: ModelConfig, graphs: dict[str, tuple[Path, GraphSpec]], files: list[str],
-                   voices: list[str], source: dict[str, Any], mimi: dict[str, Any] | None) -> Path:
-    """Graphs and files are given relative to `out`; their sha256 are computed here."""
+                   voices: list[str], source: dict[str, Any], sections: dict[str, Any]) -> Path:
+    """Graphs and files are given relative to `out`; their sha256 are computed here. `sections`: the optional
+    graphs' settings (mimi, vision, speech), each null when that graph is absent."""
     manifest = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "package_version": __version__,
@@ -38,7 +39,7 @@ def write_manifest(out: Path, cfg: ModelConfig, graphs: dict[str, tuple[Path, Gr
         "exporter": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "source": source,
         "config": cfg.to_dict(),
-        "mimi": mimi,
+        **{k: sections.get(k) for k in ("mimi", "vision", "speech")},
         "graphs": {name: {"file": path.name, "sha256": sha256_file(out / path.name), "contract": spec.to_dict()}
                    for name, (path, spec) in graphs.items()},
         "files": {rel: sha256_file(out / rel) for rel in files},

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from omni_onnx.bundle import MANIFEST, default_bundle_dir, sha256_file
 from omni_onnx.config import FULL, TINY
-from omni_onnx.contracts import talker_spec, thinker_spec
+from omni_onnx.contracts import GraphSpec, talker_spec, thinker_spec
+from omni_onnx.image import PREPROCESSOR_FILE
 
 from . import talker, thinker
 from .bundle_writer import copy_tokenizer, write_manifest
@@ -33,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--from-hub", action="store_true", help="download the released weights first")
     src.add_argument("--demo", action="store_true", help="random weights in the released formats (offline demo)")
     p.add_argument("--mimi", type=Path, help="Hugging Face Mimi folder (kyutai/mimi); without it no speech audio")
+    p.add_argument("--siglip", type=Path, help="SigLIP2 vision folder (siglip2-base-p32-256-ve): image input")
+    p.add_argument("--sensevoice", type=Path, help="funasr SenseVoiceSmall folder: speech input and transcripts")
     p.add_argument("--voices", type=Path, nargs="*", default=list(RELEASED_VOICE_FILES),
                    help="voices.pt files to convert (default: the released presets)")
     p.add_argument("--out", type=Path, default=default_bundle_dir(), help="bundle folder to write")
@@ -43,8 +49,91 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def export_bundle(checkpoint: Path, mimi_dir: Path | None, voice_files: list[Path], out: Path,
-                  verify: bool = True) -> Path:
+@dataclass(frozen=True)
+class Sources:
+    """What a bundle is exported from: the MiniMind-O checkpoint plus the frozen encoders/decoder folders."""
+    checkpoint: Path
+    mimi: Path | None = None
+    siglip: Path | None = None
+    sensevoice: Path | None = None
+    voices: tuple[Path, ...] = RELEASED_VOICE_FILES
+
+
+@dataclass
+class BundleParts:
+    """What the graph exporters have written so far: graphs, extra files (relative paths), manifest sections."""
+    work: Path
+    verify: bool
+    graphs: dict[str, tuple[Path, GraphSpec]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, path: Path, spec: GraphSpec, t0: float) -> None:
+        self.graphs[name] = (path, spec)
+        log.info("%s: %s (%.1f s)", name, path.name, time.perf_counter() - t0)
+
+
+def add_llm(parts: BundleParts, model, t0: float) -> None:
+    for name, mod, spec in (("thinker", thinker, thinker_spec), ("talker", talker, talker_spec)):
+        path = mod.export(model, parts.work)
+        if parts.verify:
+            mod.verify(model, path)
+        parts.add(name, path, spec(model.cfg), t0)
+
+
+def add_mimi(parts: BundleParts, folder: Path, t0: float) -> None:
+    from omni_onnx.contracts import mimi_decoder_spec
+
+    from . import mimi_decoder
+    mimi = mimi_decoder.load_mimi(folder)
+    dims = mimi_decoder.mimi_dims(mimi)
+    path = mimi_decoder.export(mimi, parts.work / "mimi_decoder.onnx")
+    if parts.verify:
+        mimi_decoder.verify(mimi, path)
+    parts.add("mimi_decoder", path, mimi_decoder_spec(dims), t0)
+    parts.sections["mimi"] = dims.to_dict()
+
+
+def add_vision(parts: BundleParts, folder: Path, model, t0: float) -> None:
+    """SigLIP tower + vision projector in one graph, and the folder's preprocessing settings for the runtime."""
+    from omni_onnx.contracts import vision_spec
+
+    from . import siglip
+    tower = siglip.load_siglip(folder)
+    path = siglip.export(tower, model, parts.work)
+    if parts.verify:
+        siglip.verify(tower, model, path)
+    parts.add("vision", path, vision_spec(model.cfg, siglip.image_size(tower)), t0)
+    (parts.work / PREPROCESSOR_FILE).write_text(json.dumps(siglip.preprocessor_config(folder), indent=2))
+    parts.files.append(PREPROCESSOR_FILE)
+    parts.sections["vision"] = {"image_size": siglip.image_size(tower)}
+
+
+def add_speech(parts: BundleParts, folder: Path, model, t0: float) -> None:
+    """SenseVoice encoder (+ CTC head) from the funasr folder, the audio projector from the checkpoint, and the
+    front end's side files (CMVN, prompt queries, CTC vocabulary)."""
+    from omni_onnx.contracts import audio_projector_spec, sensevoice_spec
+
+    from . import audio_projector, sensevoice
+    encoder, info = sensevoice.load_sensevoice(folder)
+    if encoder.cfg.output_size != model.cfg.audio_hidden_size:
+        raise ValueError(f"{folder} encodes {encoder.cfg.output_size}-d features but the checkpoint's audio "
+                         f"projector takes {model.cfg.audio_hidden_size}; use the SenseVoiceSmall folder upstream uses")
+    path = sensevoice.export(encoder, parts.work)
+    if parts.verify:
+        sensevoice.verify(encoder, path)
+    parts.add("sensevoice", path, sensevoice_spec(encoder.cfg.vocab_size, encoder.cfg.output_size,
+                                                  encoder.cfg.input_size), t0)
+    path = audio_projector.export(model, parts.work)
+    if parts.verify:
+        audio_projector.verify(model, path)
+    parts.add("audio_projector", path, audio_projector_spec(model.cfg), t0)
+    parts.files += sensevoice.write_bundle_files(encoder, info, parts.work)
+    parts.sections["speech"] = {"vocab_size": encoder.cfg.vocab_size, "output_size": encoder.cfg.output_size,
+                                "feature_dim": encoder.cfg.input_size}
+
+
+def export_bundle(sources: Sources, out: Path, verify: bool = True) -> Path:
     """Export every graph into a fresh folder, then move it into place, so a failed export leaves no half bundle."""
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ValueError(f"{out} exists and is not a bundle; choose an empty or new --out folder")
@@ -52,34 +141,24 @@ def export_bundle(checkpoint: Path, mimi_dir: Path | None, voice_files: list[Pat
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         t0 = time.perf_counter()
-        model = load_model(checkpoint)
-        graphs = {}
-        for name, mod, spec in (("thinker", thinker, thinker_spec), ("talker", talker, talker_spec)):
-            path = mod.export(model, work)
-            if verify:
-                mod.verify(model, path)
-            graphs[name] = (path, spec(model.cfg))
-            log.info("%s: %s (%.1f s)", name, path.name, time.perf_counter() - t0)
-        mimi_meta = None
-        if mimi_dir is not None:
-            from omni_onnx.contracts import mimi_decoder_spec
-
-            from . import mimi_decoder
-            mimi = mimi_decoder.load_mimi(mimi_dir)
-            dims = mimi_decoder.mimi_dims(mimi)
-            path = mimi_decoder.export(mimi, work / "mimi_decoder.onnx")
-            if verify:
-                mimi_decoder.verify(mimi, path)
-            graphs["mimi_decoder"] = (path, mimi_decoder_spec(dims))
-            mimi_meta = dims.to_dict()
-            log.info("mimi_decoder: %s (%.1f s)", path.name, time.perf_counter() - t0)
-        files = copy_tokenizer(work)
-        voices = write_voices(voice_files, work / "voices")
-        files += [f"voices/{v}.npz" for v in voices]
-        source = {"checkpoint": checkpoint.name, "mimi": mimi_dir.name if mimi_dir else None}
-        if checkpoint.is_file():
-            source["checkpoint_sha256"] = sha256_file(checkpoint)
-        write_manifest(work, model.cfg, graphs, files, voices, source, mimi_meta)
+        model = load_model(sources.checkpoint)
+        parts = BundleParts(work, verify)
+        add_llm(parts, model, t0)
+        if sources.mimi is not None:
+            add_mimi(parts, sources.mimi, t0)
+        if sources.siglip is not None:
+            add_vision(parts, sources.siglip, model, t0)
+        if sources.sensevoice is not None:
+            add_speech(parts, sources.sensevoice, model, t0)
+        parts.files += copy_tokenizer(work)
+        voices = write_voices(list(sources.voices), work / "voices")
+        parts.files += [f"voices/{v}.npz" for v in voices]
+        source = {k: (v.name if isinstance(v, Path) else v) for k, v in
+                  (("checkpoint", sources.checkpoint), ("mimi", sources.mimi), ("siglip", sources.siglip),
+                   ("sensevoice", sources.sensevoice))}
+        if sources.checkpoint.is_file():
+            source["checkpoint_sha256"] = sha256_file(sources.checkpoint)
+        write_manifest(work, model.cfg, parts.graphs, parts.files, voices, source, parts.sections)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -94,10 +173,14 @@ def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool) -> 
     """Random weights written in the released formats, then exported like a real checkpoint."""
     from .random_checkpoint import write_random_pth
     from .random_mimi import write_random_mimi
+    from .random_sensevoice import write_random_sensevoice
+    from .random_siglip import write_random_siglip
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_random_pth(Path(tmp) / "sft_omni_768.pth", FULL if size == "full" else TINY, seed=0)
         mimi = write_random_mimi(Path(tmp) / "mimi", size=size, seed=0)
-        return export_bundle(ckpt, mimi, voice_files, out, verify)
+        siglip = write_random_siglip(Path(tmp) / "siglip2-base-p32-256-ve", size=size, seed=0)
+        sensevoice = write_random_sensevoice(Path(tmp) / "SenseVoiceSmall", size=size, seed=0)
+        return export_bundle(Sources(ckpt, mimi, siglip, sensevoice, tuple(voice_files)), out, verify)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
             out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify)
         elif args.from_hub:
             ckpt, mimi = fetch_release(HubSource(args.hub_mirror), args.moe)
-            out = export_bundle(ckpt, mimi, args.voices, args.out, not args.skip_verify)
+            out = export_bundle(Sources(ckpt, mimi, None, tuple(args.voices)), args.out, not args.skip_verify)
         else:
             if not args.checkpoint.exists():
                 raise ValueError(f"checkpoint {args.checkpoint} does not exist")
-            out = export_bundle(args.checkpoint, args.mimi, args.voices, args.out, not args.skip_verify)
+            out = export_bundle(Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices)),
+                                args.out, not args.skip_verify)
     except ValueError as e:
         print(f"omni-export: error: {e}", file=sys.stderr)
         return 1

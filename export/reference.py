@@ -145,6 +145,7 @@ def reference_generate(
     spk_emb: Any = None,
     open_thinking: bool = False,
     rng: np.random.Generator | None = None,
+    prefill_embeds: torch.Tensor | None = None,
 ) -> CodeDump:
     """Run upstream's streaming generation on an `OmniTorchModel` and record it as a `CodeDump`.
 
@@ -158,6 +159,8 @@ def reference_generate(
         spk_emb: float [192] speaker embedding, or None. Rounded to fp16 as upstream's eval does
             (`spk_emb.half()`), then back to fp32 for our fp32 model.
         open_thinking: audio starts two steps after the model writes `</think>\\n\\n` instead of at step 1.
+        prefill_embeds: [1, L, hidden] Thinker input embeddings for the prompt (token embeddings with speech/image
+            features already injected, upstream-style); None for text prompts.
 
     Returns:
         prompt_ids; text_ids up to and including EOS; audio_codes = upstream's per-codebook lists (pads included,
@@ -178,7 +181,11 @@ def reference_generate(
     text_finished, fill, think_end = False, cfg.enter_token_id, None
     past_thinker = past_talker = None
     while len(generated) < max_new_tokens:  # upstream: len(ids) < L + max_new_tokens
-        logits, bridge, past_thinker = model.thinker_forward(x_text, past_thinker)
+        if past_thinker is None and prefill_embeds is not None:  # upstream injects features at prefill only
+            logits, bridge, past_thinker = model.thinker_forward(x_text, None, prefill_embeds,
+                                                                 torch.ones(x_text.shape, dtype=torch.bool))
+        else:
+            logits, bridge, past_thinker = model.thinker_forward(x_text, past_thinker)
         spk_mask = x_codes[:, 0, :] == cfg.audio_spk_code if spk is not None else None
         audio_logits, past_talker = model.talker_forward(bridge, x_codes, past_talker, spk, spk_mask)
 

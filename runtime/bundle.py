@@ -1,6 +1,7 @@
 """A bundle is a folder: graphs + manifest.json + tokenizer + voices. This module reads and verifies one.
 
 manifest.json keys: format_version, package_version, config (ModelConfig), mimi (MimiDims or null),
+vision ({image_size} or null), speech ({vocab_size, output_size, feature_dim} or null),
 graphs {name: {file, sha256, contract}}, files {relative path: sha256} (tokenizer, voices), voices [names],
 source {what the bundle was exported from}, generation (default options).
 """
@@ -16,7 +17,8 @@ from typing import Any
 
 from . import BUNDLE_FORMAT_VERSION
 from .config import ModelConfig
-from .contracts import GraphSpec, talker_spec, thinker_spec
+from .contracts import (GraphSpec, MimiDims, audio_projector_spec, mimi_decoder_spec, sensevoice_spec, talker_spec,
+                        thinker_spec, vision_spec)
 from .errors import BundleError
 
 MANIFEST = "manifest.json"
@@ -37,12 +39,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def expected_specs(cfg: ModelConfig, mimi: dict[str, Any] | None) -> dict[str, GraphSpec]:
-    """The contracts this version of the code drives, for a bundle with this config."""
+def expected_specs(cfg: ModelConfig, manifest: dict[str, Any]) -> dict[str, GraphSpec]:
+    """The contracts this version of the code drives, for a bundle with this config and optional sections."""
     specs = {"thinker": thinker_spec(cfg), "talker": talker_spec(cfg)}
-    if mimi is not None:
-        from .contracts import MimiDims, mimi_decoder_spec
-        specs["mimi_decoder"] = mimi_decoder_spec(MimiDims.from_dict(mimi))
+    if manifest.get("mimi") is not None:
+        specs["mimi_decoder"] = mimi_decoder_spec(MimiDims.from_dict(manifest["mimi"]))
+    if manifest.get("vision") is not None:
+        specs["vision"] = vision_spec(cfg, int(manifest["vision"]["image_size"]))
+    if manifest.get("speech") is not None:
+        sp = manifest["speech"]
+        specs["sensevoice"] = sensevoice_spec(int(sp["vocab_size"]), int(sp["output_size"]), int(sp["feature_dim"]))
+        specs["audio_projector"] = audio_projector_spec(cfg)
     return specs
 
 
@@ -74,7 +81,7 @@ class Bundle:
                 f"(`{EXPORT_HINT}`)")
         try:
             config = ModelConfig.from_dict(manifest["config"])
-            specs = expected_specs(config, manifest.get("mimi"))
+            specs = expected_specs(config, manifest)
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"bundle {root} has an invalid manifest ({e}); re-export it") from None
         bundle = cls(root, manifest, config, specs)

@@ -15,7 +15,7 @@ from .bundle import Bundle, default_bundle_dir
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import GenerationOptions
-from .model import AudioChunk, Conversation, OmniModel, TextDelta, TurnEnd
+from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
 from .sampling import TextSampling
 from .session import SessionOptions
 
@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bundle", type=Path, default=default_bundle_dir(), help="bundle folder written by omni-export")
     p.add_argument("--text", help="the question; without it an interactive chat starts")
+    p.add_argument("--image", type=Path, action="append", default=[],
+                   help="an image to ask about (repeatable: each gets its own 64 placeholders)")
+    p.add_argument("--audio", type=Path, help="a spoken question (wav/flac/ogg/mp3, any rate); one per turn, since "
+                                              "upstream fills only the first speech placeholder run")
+    p.add_argument("--show-transcript", action="store_true", help="print what the speech encoder heard")
     p.add_argument("--out", type=Path, help="write the spoken answer to this WAV file (24 kHz); in chat mode "
                                             "turn N goes to NAME-N.wav")
     p.add_argument("--play", action="store_true", help="play the answer as it is generated")
@@ -61,14 +66,19 @@ class AudioSinks:
             self.wav.close()
 
 
-def run_turn(conv: Conversation, text: str, args: argparse.Namespace, opts: GenerationOptions,
-             rng: np.random.Generator | None, out: Path | None, player: Player | None) -> TurnEnd:
+def run_turn(conv: Conversation, text: str | None, args: argparse.Namespace, opts: GenerationOptions,
+             rng: np.random.Generator | None, out: Path | None, player: Player | None,
+             images: tuple[Path, ...] = (), audio: Path | None = None) -> TurnEnd:
     record = CodeDump([]) if args.dump_codes else None
     sinks = AudioSinks(out, player, conv.model.sample_rate)
     end = None
     try:
-        for ev in conv.respond(text, opts, rng, decode_audio=out is not None or player is not None, record=record):
-            if isinstance(ev, TextDelta):
+        for ev in conv.respond(text, opts, rng, decode_audio=out is not None or player is not None, record=record,
+                               images=images, audio=audio):
+            if isinstance(ev, Transcript):
+                if args.show_transcript:
+                    print(f"[heard: {ev.text}]", flush=True)
+            elif isinstance(ev, TextDelta):
                 print(ev.text, end="", flush=True)
             elif isinstance(ev, AudioChunk):
                 sinks.write(ev.pcm)
@@ -85,8 +95,9 @@ def run_turn(conv: Conversation, text: str, args: argparse.Namespace, opts: Gene
 
 
 def chat(conv: Conversation, args, opts, rng, player) -> None:
-    """Interactive turns; history (and the KV cache of its unchanged prefix) carries over. /reset clears it."""
-    turn = 0
+    """Interactive turns; history (and the KV cache of its unchanged prefix) carries over. /reset clears it;
+    `/image PATH` and `/audio PATH` attach a file to the next turn."""
+    turn, attached, spoken = 0, list(args.image), args.audio
     while True:
         try:
             text = input("you> ")
@@ -98,12 +109,24 @@ def chat(conv: Conversation, args, opts, rng, player) -> None:
         if text.strip() == "/reset":
             conv = Conversation(conv.model, args.voice, args.context)
             continue
-        if not text.strip():
+        if text.startswith("/image "):
+            attached.append(Path(text[len("/image "):].strip()))
+            print(f"[attached {attached[-1]} to the next turn]")
+            continue
+        if text.startswith("/audio "):
+            spoken = Path(text[len("/audio "):].strip())
+            print(f"[attached {spoken} to the next turn; press Enter to send it alone]")
+            continue
+        if not text.strip() and spoken is None:
             continue
         turn += 1
         out = args.out.with_name(f"{args.out.stem}-{turn}{args.out.suffix}") if args.out else None
         print("omni> ", end="", flush=True)
-        run_turn(conv, text, args, opts, rng, out, player)
+        try:
+            run_turn(conv, text, args, opts, rng, out, player, tuple(attached), spoken)
+        except OmniError as e:  # a bad attachment should not end the chat
+            print(f"\nomni-run: error: {e}", file=sys.stderr)
+        attached, spoken = [], None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_voices:
             print("\n".join(Bundle.open(args.bundle, verify_checksums=False).voices))
             return 0
-        if args.text is not None and not args.text.strip():
+        if args.text is not None and not args.text.strip() and not args.image and args.audio is None:
             raise OmniError("--text is empty; give a question, or leave --text out to chat")
         for path in (args.out, args.dump_codes):
             if path is not None:
@@ -127,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             raise OmniError("--play needs a bundle with the Mimi decoder; re-export it with --mimi <folder>")
         player = Player(model.sample_rate, model.mimi.dims.frame_samples) if args.play else None
         try:
-            if args.text is not None:
-                run_turn(conv, args.text, args, opts, rng, args.out, player)
+            if args.text is not None or args.image or args.audio is not None:
+                run_turn(conv, args.text, args, opts, rng, args.out, player, tuple(args.image), args.audio)
             else:
                 chat(conv, args, opts, rng, player)
         finally:

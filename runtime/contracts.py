@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .errors import BundleError
 
 # Every symbolic dim a contract may use.
-DIMS = ("seq", "past_seq")
+DIMS = ("seq", "past_seq", "frames")
 
 
 class ContractError(BundleError):
@@ -208,5 +208,40 @@ def audio_projector_spec(cfg: ModelConfig) -> GraphSpec:
         version=1,
         inputs=(TensorSpec("audio_features", "float32", (1, "seq", cfg.audio_hidden_size)),),
         outputs=(TensorSpec("audio_embeds", "float32", (1, "seq", cfg.hidden_size)),),
+        atol=1e-4,
+    )
+
+
+def vision_spec(cfg: ModelConfig, image_size: int = 256) -> GraphSpec:
+    """SigLIP vision tower + vision projector, one graph: a preprocessed image -> the Thinker embeddings written at
+    the `cfg.image_token_len` `<|image_pad|>` positions (upstream: `vision_proj(last_hidden_state)`, post_layernorm
+    included, pooling head unused). Fixed shapes: one image, always the same patch grid."""
+    return GraphSpec(
+        graph="vision",
+        version=1,
+        inputs=(TensorSpec("pixel_values", "float32", (1, 3, image_size, image_size)),),
+        outputs=(TensorSpec("image_embeds", "float32", (1, cfg.image_token_len, cfg.hidden_size)),),
+        atol=1e-4,
+    )
+
+
+def sensevoice_spec(vocab_size: int, output_size: int = 512, feature_dim: int = 560) -> GraphSpec:
+    """SenseVoice-Small encoder over `frames` LFR feature rows (60 ms each), with its CTC head.
+
+    `mask` is true for real rows (false rows are padding: no real row attends to them). `encoder_out` is the
+    `tp_norm` output, what upstream feeds the audio projector; `ctc_logits` are the CTC head's raw logits (greedy
+    decoding needs only their argmax). Both keep one row per input row.
+    """
+    return GraphSpec(
+        graph="sensevoice",
+        version=1,
+        inputs=(
+            TensorSpec("features", "float32", (1, "frames", feature_dim)),
+            TensorSpec("mask", "bool", (1, "frames")),
+        ),
+        outputs=(
+            TensorSpec("encoder_out", "float32", (1, "frames", output_size)),
+            TensorSpec("ctc_logits", "float32", (1, "frames", vocab_size)),
+        ),
         atol=1e-4,
     )

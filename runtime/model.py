@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,11 @@ from .bundle import Bundle
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import ContextFull, GenerationOptions, ModelState, Speaker, Stepper, generate
+from .image import PREPROCESSOR_FILE, ImagePreprocessor, preprocess_image
+from .inject import IMAGE_PAD, prompt_features, user_content
 from .prompt import VOICE_SYSTEM_PROMPT, Message, TextTokenizer
 from .session import GraphSession, SessionOptions
+from .speech import SpeechEncoder, load_audio
 from .voices import Voice
 
 
@@ -25,12 +29,37 @@ class OmniModel:
         self.tokenizer = TextTokenizer(bundle.root / "tokenizer.json")
         self.thinker = GraphSession(bundle.graph_path("thinker"), bundle.specs["thinker"], opts)
         self.talker = GraphSession(bundle.graph_path("talker"), bundle.specs["talker"], opts)
-        self.mimi = None
+        self.mimi = self.vision = self.speech = None
         if bundle.has_graph("mimi_decoder"):
             from .contracts import MimiDims
             from .mimi import MimiStreamDecoder
-            session = GraphSession(bundle.graph_path("mimi_decoder"), bundle.specs["mimi_decoder"], opts)
-            self.mimi = MimiStreamDecoder(session, MimiDims.from_dict(bundle.manifest["mimi"]))
+            self.mimi = MimiStreamDecoder(self._session("mimi_decoder", opts), MimiDims.from_dict(bundle.manifest["mimi"]))
+        if bundle.has_graph("vision"):
+            self.vision = self._session("vision", opts)
+            config = json.loads((bundle.root / PREPROCESSOR_FILE).read_text(encoding="utf-8"))
+            self.image_prep = ImagePreprocessor.from_hf_config(config)
+
+        if bundle.has_graph("sensevoice"):
+            self.speech = SpeechEncoder(self._session("sensevoice", opts), bundle.root)
+            self.audio_projector = self._session("audio_projector", opts)
+
+    def _session(self, name: str, opts: SessionOptions) -> GraphSession:
+        return GraphSession(self.bundle.graph_path(name), self.bundle.specs[name], opts)
+
+    def encode_image(self, path: Path) -> np.ndarray:
+        """Image file -> the Thinker embeddings for its `<|image_pad|>` run, float32 [image_token_len, hidden]."""
+        if self.vision is None:
+            raise OmniError("this bundle has no vision graph; re-export it with --siglip <siglip2-base-p32-256-ve>")
+        return self.vision.run({"pixel_values": preprocess_image(path, self.image_prep)})["image_embeds"][0]
+
+    def encode_audio(self, path: Path) -> tuple[np.ndarray, str]:
+        """Speech file -> (Thinker embeddings float32 [frames, hidden], one per `<|audio_pad|>`; its transcript)."""
+        if self.speech is None:
+            raise OmniError("this bundle has no speech encoder; re-export it with --sensevoice <SenseVoiceSmall folder>")
+        wav = load_audio(path)
+        rows = self.speech.encode(wav)
+        embeds = self.audio_projector.run({"audio_features": rows[None]})["audio_embeds"][0]
+        return embeds, self.speech.transcribe(wav)
 
     @classmethod
     def load(cls, root: Path, opts: SessionOptions = SessionOptions()) -> OmniModel:
@@ -45,6 +74,11 @@ class OmniModel:
             raise OmniError(f"unknown voice {name!r}; available: {', '.join(self.bundle.voices) or 'none'} "
                             f"(see --list-voices)")
         return Voice.load(self.bundle.voice_path(name))
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str  # what the speech encoder heard (SenseVoice's CTC transcript of the spoken question)
 
 
 @dataclass(frozen=True)
@@ -82,17 +116,32 @@ class Conversation:
     def prompt_ids(self, user_text: str, open_thinking: bool = False) -> list[int]:
         return self.model.tokenizer.chat_ids(self.history + [Message("user", user_text)], open_thinking)
 
-    def respond(self, user_text: str, opts: GenerationOptions, rng: np.random.Generator | None = None,
-                decode_audio: bool = True, record: CodeDump | None = None) -> Iterator[TextDelta | AudioChunk | TurnEnd]:
-        """Stream one answer: text deltas as tokens arrive, a 1920-sample chunk per frame. Work happens on iteration."""
-        if not user_text.strip():
+    def respond(self, user_text: str | None, opts: GenerationOptions, rng: np.random.Generator | None = None,
+                decode_audio: bool = True, record: CodeDump | None = None,
+                images: tuple[Path, ...] = (), audio: Path | None = None
+                ) -> Iterator[Transcript | TextDelta | AudioChunk | TurnEnd]:
+        """Stream one answer: text deltas as tokens arrive, a 1920-sample chunk per frame. Work happens on iteration.
+
+        `audio` (a spoken question) gets one `<|audio_pad|>` per encoder frame after the text, and `images` their 64
+        `<|image_pad|>` each after that, as upstream's eval prompts. The history keeps plain text (upstream's demos
+        do): the speech's transcript, and the text without image placeholders.
+        """
+        user_text = (user_text or "").strip()
+        if not user_text and not images and audio is None:
             raise OmniError("the prompt is empty; type a question")
         if not opts.greedy and rng is None:
             raise ValueError("sampling needs a numpy Generator (rng); pass one or set greedy")
         if decode_audio and self.model.mimi is None:
             raise OmniError("this bundle has no Mimi decoder, so it can emit codes but not audio; re-export it "
                             "with --mimi <folder of kyutai/mimi>, or run without audio output")
-        ids = self.prompt_ids(user_text, opts.open_thinking)
+        audio_embeds, heard = self.model.encode_audio(audio) if audio is not None else (None, "")
+        if audio is not None:
+            yield Transcript(heard)
+        image_embeds = [self.model.encode_image(p) for p in images]
+        content = user_content(user_text, None if audio_embeds is None else len(audio_embeds), len(images),
+                               self.model.config)
+        ids = self.prompt_ids(content, opts.open_thinking)
+        features = prompt_features(ids, self.model.config, audio_embeds, image_embeds)
         if len(ids) >= self.context:
             raise OmniError(f"the prompt is {len(ids)} tokens but the context holds {self.context}; "
                             f"start a new conversation or raise --context")
@@ -103,7 +152,7 @@ class Conversation:
         shown, steps = "", 0
         tok = self.model.tokenizer
         try:
-            for step in generate(self.stepper, ids, self.speaker, opts, rng, record):
+            for step in generate(self.stepper, ids, self.speaker, opts, rng, record, features):
                 steps += 1
                 if step.token is not None and step.token != self.model.config.eos_token_id:
                     text_ids.append(step.token)
@@ -119,5 +168,6 @@ class Conversation:
         except ContextFull:
             reason = "context"
         reply = tok.decode(text_ids)
-        self.history += [Message("user", user_text), Message("assistant", reply)]
+        said = " ".join(t for t in (user_text, heard) if t) or content.replace(IMAGE_PAD, "").strip()
+        self.history += [Message("user", said), Message("assistant", reply)]
         yield TurnEnd(reply, reason)

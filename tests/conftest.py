@@ -22,11 +22,22 @@ def tiny_mimi(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_checkpoint, tiny_mimi, tmp_path_factory) -> Path:
+def tiny_siglip(tmp_path_factory) -> Path:
+    from omni_onnx.export.random_siglip import write_random_siglip
+    return write_random_siglip(tmp_path_factory.mktemp("siglip") / "siglip2-base-p32-256-ve", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sensevoice(tmp_path_factory) -> Path:
+    from omni_onnx.export.random_sensevoice import write_random_sensevoice
+    return write_random_sensevoice(tmp_path_factory.mktemp("sv") / "SenseVoiceSmall", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tiny_mimi, tiny_siglip, tiny_sensevoice, tmp_path_factory) -> Path:
     """Exported through the CLI's own code path, parity checks included."""
-    from omni_onnx.export.cli import export_bundle
-    from omni_onnx.export.voices import RELEASED_VOICE_FILES
-    return export_bundle(tiny_checkpoint, tiny_mimi, list(RELEASED_VOICE_FILES),
+    from omni_onnx.export.cli import Sources, export_bundle
+    return export_bundle(Sources(tiny_checkpoint, tiny_mimi, tiny_siglip, tiny_sensevoice),
                          tmp_path_factory.mktemp("bundles") / "tiny")
 
 

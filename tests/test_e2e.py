@@ -106,9 +106,9 @@ def test_demo_cli_builds_a_runnable_bundle(tmp_path):
 def test_eos_fill_and_stop_rule_match_reference(tiny_eos_checkpoint, tmp_path):
     """Text reaches EOS (then 201, 0 fill), every codebook draws a stop code, and the loop breaks early."""
     from omni_onnx.export.checkpoint import load_model
-    from omni_onnx.export.cli import export_bundle
+    from omni_onnx.export.cli import Sources, export_bundle
     ckpt, prompt = tiny_eos_checkpoint
-    bundle = export_bundle(ckpt, None, [], tmp_path / "b", verify=False)
+    bundle = export_bundle(Sources(ckpt, voices=()), tmp_path / "b", verify=False)
     record = CodeDump([])
     events = list(Conversation(OmniModel.load(bundle)).respond(
         QUESTION, GenerationOptions(max_new_tokens=64, greedy=True), decode_audio=False, record=record))
