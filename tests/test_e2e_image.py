@@ -5,40 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from transformers import SiglipImageProcessor, SiglipVisionModel
+from torch_side import TorchEncoders
 
 from omni_onnx.cli import main
 from omni_onnx.dump import CodeDump
 from omni_onnx.export.reference import chat_prompt_ids, reference_generate
 
 FIXTURES = Path(__file__).parent / "fixtures"
-IMAGE = FIXTURES / "image-01-orange-cat-moon-desk.jpg"
+IMAGE = FIXTURES / "eval_omni" / "image-01-orange-cat-moon-desk.jpg"
 
 
-def upstream_injected(model, siglip_dir: Path, ids: list[int], image: Path) -> torch.Tensor:
-    """Upstream's path: processor -> tower last_hidden_state -> vision_proj -> the run of 12s, as count_vision_proj."""
-    from PIL import Image
-    pixels = SiglipImageProcessor.from_pretrained(str(siglip_dir))(images=Image.open(image).convert("RGB"),
-                                                                    return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        feats = model.vision_project(SiglipVisionModel.from_pretrained(str(siglip_dir)).eval()(
-            pixel_values=pixels).last_hidden_state)[0]
-        h = model.model.embed_tokens(torch.tensor([ids]))[0]
-    start = ids.index(12)
-    h[start:start + 64] = feats
-    return h[None]
-
-
-def test_image_question_matches_reference(tiny_bundle, tiny_torch_model, tiny_siglip, tmp_path):
+def test_image_question_matches_reference(tiny_bundle, tiny_torch_model, tiny_siglip, tiny_sensevoice, tmp_path):
     dump_path = tmp_path / "img.json"
     assert main(["--bundle", str(tiny_bundle), "--image", str(IMAGE), "--text", "What is in this picture?",
                  "--greedy", "--max-new-tokens", "24", "--dump-codes", str(dump_path)]) == 0
     got = CodeDump.read(dump_path)
     ids = chat_prompt_ids([{"role": "user", "content": "What is in this picture?\n\n" + "<|image_pad|>" * 64}])
     assert got.prompt_ids == ids
+    enc = TorchEncoders(tiny_torch_model, tiny_siglip, tiny_sensevoice)
     ref = reference_generate(tiny_torch_model, ids, 24, greedy=True,
-                             prefill_embeds=upstream_injected(tiny_torch_model, tiny_siglip, ids, IMAGE))
+                             prefill_embeds=enc.prefill_embeds(ids, None, [enc.image(IMAGE)]))
     assert (got.text_ids, got.audio_codes, got.frames) == (ref.text_ids, ref.audio_codes, ref.frames)
 
 

@@ -15,7 +15,7 @@ from omni_onnx.export.random_siglip import PREPROCESSOR_CONFIG
 from omni_onnx.image import ImagePreprocessor, preprocess_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EVAL_IMAGES = sorted(FIXTURES.glob("*.jpg"))
+EVAL_IMAGES = sorted((FIXTURES / "eval_omni").glob("*.jpg"))
 
 
 def hf_pixels(config: dict, path: Path) -> np.ndarray:

@@ -79,7 +79,7 @@ def test_runtime_encoder_matches_module(loaded, exported):
     model, _ = loaded
     spec = sensevoice_spec(model.cfg.vocab_size, model.cfg.output_size)
     enc = SpeechEncoder(GraphSession(exported / sensevoice.FILENAME, spec), exported)
-    wav = load_audio(FIXTURES / "why_is_the_sky_blue.mp3")
+    wav = load_audio(FIXTURES / "eval_omni" / "audio-en-05_why_is_the_sky_blue.mp3")
     feats = enc.features(wav)
     with torch.no_grad():
         ref, _ = model(torch.from_numpy(feats)[None], torch.ones(1, len(feats), dtype=torch.bool))

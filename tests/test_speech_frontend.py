@@ -12,7 +12,7 @@ from omni_onnx.errors import OmniError
 from omni_onnx.export.random_sensevoice import _am_mvn
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CLIP = FIXTURES / "why_is_the_sky_blue.mp3"  # 24 kHz mono mp3
+CLIP = FIXTURES / "eval_omni" / "audio-en-05_why_is_the_sky_blue.mp3"  # 24 kHz mono mp3
 
 
 @pytest.fixture(scope="module")
