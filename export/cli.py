@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify)
         elif args.from_hub:
-            ckpt, mimi = fetch_release(HubSource(args.hub_mirror), args.moe)
-            out = export_bundle(Sources(ckpt, mimi, None, tuple(args.voices)), args.out, not args.skip_verify)
+            r = fetch_release(HubSource(args.hub_mirror), args.moe)
+            out = export_bundle(Sources(r.checkpoint, r.mimi, r.siglip, r.sensevoice, tuple(args.voices)), args.out,
+                                not args.skip_verify)
         else:
             if not args.checkpoint.exists():
                 raise ValueError(f"checkpoint {args.checkpoint} does not exist")

@@ -12,6 +12,12 @@ from pathlib import Path
 CHECKPOINT_REPO = "jingyaogong/minimind-3o-pytorch"
 MIMI_REPO = "kyutai/mimi"
 MIMI_FILES = ("config.json", "model.safetensors")
+SENSEVOICE_REPO = "FunAudioLLM/SenseVoiceSmall"
+SENSEVOICE_FILES = ("config.yaml", "model.pt", "am.mvn", "chn_jpn_yue_eng_ko_spectok.bpe.model")
+# Upstream fetches its vision folder `siglip2-base-p32-256-ve` from ModelScope (gongjy/...); on the Hugging Face hub
+# the same tower ships inside Google's fixed-resolution SigLIP2 checkpoint, which SiglipVisionModel loads directly.
+SIGLIP_REPO = "google/siglip2-base-patch32-256"
+SIGLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,16 @@ def checkpoint_file(moe: bool) -> str:
     return "sft_omni_768_moe.pth" if moe else "sft_omni_768.pth"
 
 
-def fetch_release(source: HubSource, moe: bool) -> tuple[Path, Path]:
-    """(checkpoint .pth, Mimi folder) of the released model; hub downloads stay in huggingface_hub's cache."""
+@dataclass(frozen=True)
+class Release:
+    checkpoint: Path
+    mimi: Path
+    siglip: Path
+    sensevoice: Path
+
+
+def fetch_release(source: HubSource, moe: bool) -> Release:
+    """Every folder the released model needs; hub downloads stay in huggingface_hub's cache."""
     ckpt = checkpoint_file(moe)
-    ckpt_dir = source.fetch(CHECKPOINT_REPO, (ckpt,))
-    mimi_dir = source.fetch(MIMI_REPO, MIMI_FILES)
-    return ckpt_dir / ckpt, mimi_dir
+    return Release(source.fetch(CHECKPOINT_REPO, (ckpt,)) / ckpt, source.fetch(MIMI_REPO, MIMI_FILES),
+                   source.fetch(SIGLIP_REPO, SIGLIP_FILES), source.fetch(SENSEVOICE_REPO, SENSEVOICE_FILES))

@@ -3,9 +3,9 @@
 It reproduces what upstream feeds the vision tower (eval_omni.py and the training dataset):
 `Image.open(f).convert("RGB")`, then `SiglipImageProcessor` on the PIL path: resize to exactly H x W with the
 folder's filter (no crop, aspect ratio not kept), `x * rescale_factor` in float64 cast to float32, `(x - mean) / std`.
-Consequences, all as upstream: an alpha channel is dropped, not composited (transparent pixels keep their stored
-colour; transformers >= 5 would composite onto white, upstream's pinned 4.57 does not), EXIF orientation is ignored,
-and an animated file gives its first frame.
+Consequences, all as upstream: a fully opaque alpha channel is dropped, EXIF orientation is ignored, and an animated
+file gives its first frame. An image with transparent pixels is refused: upstream would feed their stored (hidden)
+colours, and transformers >= 5 would composite onto white instead, so there is no faithful answer to give.
 
 Images above `max_pixels` are refused rather than shrunk: the size is read from the header, before decoding, so a
 huge or decompression-bomb file costs nothing; and a pre-shrink would change the pixels the tower sees, while the
@@ -104,6 +104,19 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise OmniError(f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), over the {max_pixels / 1e6:.1f} MP "
                             f"limit; downscale it first (the vision model only sees a small fixed-size copy)")
         try:
-            return img.convert("RGB")
+            transparent = _has_transparency(img)
+            rgb = img.convert("RGB")
         except Exception as e:  # truncated or corrupt data surfaces only when decoding, as OSError/ValueError/...
             raise OmniError(f"image {path} is damaged and cannot be decoded ({e}); re-save or re-download it") from None
+    if transparent:
+        raise OmniError(f"image {path} has transparent pixels: their hidden colours would reach the model, since "
+                        f"upstream drops alpha; flatten it onto a background first, e.g. "
+                        f"`convert {path.name} -background white -flatten {path.stem}-flat.png`")
+    return rgb
+
+
+def _has_transparency(img: Image.Image) -> bool:
+    """True if any pixel is not fully opaque (an alpha channel that is all 255 is harmless)."""
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return img.getchannel("A").getextrema()[0] < 255
+    return "transparency" in img.info

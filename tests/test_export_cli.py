@@ -10,14 +10,15 @@ import torch
 
 from omni_onnx.cli import main as run_main
 from omni_onnx.export.cli import main as export_main
-from omni_onnx.export.hub import CHECKPOINT_REPO, MIMI_REPO
+from omni_onnx.export.hub import CHECKPOINT_REPO, MIMI_REPO, SENSEVOICE_REPO, SIGLIP_REPO
 
 
-def test_from_hub_with_a_local_mirror(tiny_checkpoint, tiny_mimi, tmp_path):
+def test_from_hub_with_a_local_mirror(tiny_checkpoint, tiny_mimi, tiny_siglip, tiny_sensevoice, tmp_path):
     mirror = tmp_path / "mirror"
     (mirror / CHECKPOINT_REPO).mkdir(parents=True)
     shutil.copy(tiny_checkpoint, mirror / CHECKPOINT_REPO / "sft_omni_768.pth")
-    shutil.copytree(tiny_mimi, mirror / MIMI_REPO)
+    for folder, repo in ((tiny_mimi, MIMI_REPO), (tiny_siglip, SIGLIP_REPO), (tiny_sensevoice, SENSEVOICE_REPO)):
+        shutil.copytree(folder, mirror / repo)
     out = tmp_path / "bundle"
     assert export_main(["--from-hub", "--hub-mirror", str(mirror), "--out", str(out), "--skip-verify"]) == 0
     assert run_main(["--bundle", str(out), "--text", "hi", "--greedy", "--max-new-tokens", "10",
