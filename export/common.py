@@ -18,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from omni_onnx.contracts import GraphSpec, TensorSpec
+from omni_onnx.session import SessionOptions, ort_session_options
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,7 @@ def to_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def run_onnx(model: str | Path | onnx.ModelProto, feeds: Mapping[str, np.ndarray],
              threads: int = 0) -> dict[str, np.ndarray]:
     """Run a graph (file or in-memory proto) on CPU with named feeds; returns every output by name."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
+    so = ort_session_options(SessionOptions(threads=threads))
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     sess = ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -72,7 +70,23 @@ def export_graph(module: torch.nn.Module, example_inputs: Mapping[str, torch.Ten
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
     if simplify:
         _simplify_in_place(path, to_numpy(example_inputs))
+    _stamp_shapes(path, spec)
     return path
+
+
+def _stamp_shapes(path: Path, spec: GraphSpec) -> None:
+    """Write the contract's dims onto the graph's inputs and outputs: the tracer leaves some output dims as
+    generated names (e.g. a batch dim it could not prove is 1), which the load-time contract check would reject."""
+    model = onnx.load(os.fspath(path))
+    dims = {t.name: t.dims for t in spec.inputs + spec.outputs}
+    for value in list(model.graph.input) + list(model.graph.output):
+        shape = value.type.tensor_type.shape
+        for d, want in zip(shape.dim, dims.get(value.name, ())):
+            if isinstance(want, int):
+                d.dim_value = want
+            else:
+                d.dim_param = want
+    onnx.save(model, os.fspath(path))
 
 
 def _simplify_in_place(path: Path, feeds: dict[str, np.ndarray]) -> None:

@@ -40,12 +40,19 @@ def _ensure_shared_pool(threads: int) -> None:
         log.warning("the onnxruntime thread pool already has %d threads; ignoring threads=%d", _pool_threads, n)
 
 
-def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
+def ort_session_options(opts: SessionOptions) -> ort.SessionOptions:
+    """onnxruntime settings for every session of this process (export-time checks included: once the shared
+    pool exists, onnxruntime refuses sessions with pools of their own)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     _ensure_shared_pool(opts.threads)
     so.use_per_session_threads = False
+    return so
+
+
+def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
+    so = ort_session_options(opts)
     try:
         return ort.InferenceSession(os.fspath(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
