@@ -146,6 +146,44 @@ def bench_mimi(model_dir: Path, mimi_dir: Path, threads: int, n: int) -> dict:
     return res
 
 
+def bench_encoders(model_dir: Path, checkpoint: Path, sensevoice_dir: Path | None, siglip_dir: Path | None,
+                   threads: int, n: int) -> dict:
+    """Speech encoder on 3/6/10 s and the vision graph per image, ORT vs torch eager on the same weights."""
+    import torch
+
+    from omni_onnx.export.checkpoint import load_model
+    from omni_onnx.model import OmniModel
+    from omni_onnx.session import SessionOptions
+
+    m = OmniModel.load(model_dir, SessionOptions(threads=threads))
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    res: dict = {}
+    if sensevoice_dir is not None:
+        from omni_onnx.export.sensevoice import load_sensevoice
+        encoder, _ = load_sensevoice(sensevoice_dir)
+        for seconds in (3, 6, 10):
+            wav = (0.1 * rng.standard_normal(16000 * seconds)).astype(np.float32)
+            feats = m.speech.features(wav)
+            x = torch.from_numpy(feats)[None]
+            mask = torch.ones(x.shape[:2], dtype=torch.bool)
+            with torch.inference_mode():
+                res[f"sensevoice_{seconds}s"] = {
+                    "ort": summary(timed_ms(lambda: m.speech.run(feats), max(3, n // 5), 1)),
+                    "torch": summary(timed_ms(lambda: encoder(x, mask), max(3, n // 5), 1))}
+    if siglip_dir is not None:
+        from omni_onnx.export.siglip import load_siglip
+        tower, tmodel = load_siglip(siglip_dir), load_model(checkpoint)
+        pixels = rng.standard_normal((1, 3, 256, 256)).astype(np.float32)
+        px = torch.from_numpy(pixels)
+        with torch.inference_mode():
+            res["vision"] = {
+                "ort": summary(timed_ms(lambda: m.vision.run({"pixel_values": pixels}), max(3, n // 5), 1)),
+                "torch": summary(timed_ms(lambda: tmodel.vision_project(tower(pixel_values=px).last_hidden_state),
+                                          max(3, n // 5), 1))}
+    return res
+
+
 def table(r: dict) -> str:
     s, m = r["steps"], r.get("mimi")
     floor = r["floor_ms"]
@@ -159,6 +197,10 @@ def table(r: dict) -> str:
          f"ORT/torch {s['ort_prefill']['median_ms'] / s['torch_prefill']['median_ms']:.2f}"),
         ("weight-streaming floor", floor, f"{r['weight_mb']:.0f} MB / {r['bandwidth_gbs']:.1f} GB/s"),
     ]
+    for name, e in r.get("encoders", {}).items():
+        label = name.replace("sensevoice_", "SenseVoice ") if name != "vision" else "SigLIP + projector, one image"
+        rows += [(f"{label} (ORT)", e["ort"]["median_ms"], f"{e['ort']['median_ms'] / e['torch']['median_ms']:.2f}x torch"),
+                 (f"{label} (torch eager)", e["torch"]["median_ms"], "")]
     if m:
         rows += [("Mimi frame (ORT streaming)", m["ort_frame"]["median_ms"],
                   f"{m['ort_frame']['median_ms'] / m['transformers_decode_one_frame']['median_ms']:.2f}x transformers"),
@@ -175,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, help="fp32 bundle (with --checkpoint: the weights it was exported from)")
     p.add_argument("--checkpoint", type=Path, help="the .pth the bundle came from (torch side of the comparison)")
     p.add_argument("--mimi", type=Path, help="the Mimi folder the bundle came from")
+    p.add_argument("--sensevoice", type=Path, help="the SenseVoiceSmall folder the bundle came from")
+    p.add_argument("--siglip", type=Path, help="the SigLIP folder the bundle came from")
     p.add_argument("--demo", choices=("tiny", "full"), help="build random weights of this size and a bundle first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--past", type=int, default=200, help="context length at which a step is timed")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--name", default="foundation_fp32")
+    p.add_argument("--name", default="fp32")
+    p.add_argument("--label", help="what the bundle is, for the report (default: its path)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.demo:
@@ -189,13 +234,18 @@ def main(argv: list[str] | None = None) -> int:
             from omni_onnx.export.random_checkpoint import write_random_pth
             from omni_onnx.export.random_mimi import write_random_mimi
             args.checkpoint = write_random_pth(Path(tmp) / "sft_omni_768.pth", FULL if args.demo == "full" else TINY)
+            from omni_onnx.export.random_sensevoice import write_random_sensevoice
+            from omni_onnx.export.random_siglip import write_random_siglip
             args.mimi = write_random_mimi(Path(tmp) / "mimi", size=args.demo)
-            args.bundle = export_bundle(Sources(args.checkpoint, args.mimi, voices=()), Path(tmp) / "bundle",
-                                        verify=False)
+            args.siglip = write_random_siglip(Path(tmp) / "siglip", size=args.demo)
+            args.sensevoice = write_random_sensevoice(Path(tmp) / "sensevoice", size=args.demo)
+            args.bundle = export_bundle(Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, voices=()),
+                                        Path(tmp) / "bundle", verify=False)
         if args.bundle is None or args.checkpoint is None:
             p.error("give --bundle and --checkpoint (the same weights), or --demo")
         bw = read_bandwidth_gbs(args.threads)
-        r: dict = {"machine": describe(args.threads), "bundle": args.demo and f"random {args.demo}" or str(args.bundle),
+        label = args.label or (f"random {args.demo}-size weights" if args.demo else str(args.bundle))
+        r: dict = {"machine": describe(args.threads), "bundle": label,
                    "bandwidth_gbs": round(bw, 2)}
         r["steps"] = bench_steps(args.bundle, args.checkpoint, args.threads, args.past, args.steps)
         r["weight_mb"] = r["steps"]["weight_bytes_per_step"] / 1e6
@@ -203,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         r["loop"] = bench_loop(args.bundle, args.threads, args.steps)
         if args.mimi is not None:
             r["mimi"] = bench_mimi(args.bundle, args.mimi, args.threads, args.steps)
+        if args.sensevoice is not None or args.siglip is not None:
+            r["encoders"] = bench_encoders(args.bundle, args.checkpoint, args.sensevoice, args.siglip, args.threads,
+                                           args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(r, indent=2) + "\n")
     (args.out / f"{args.name}.md").write_text(table(r))
