@@ -24,7 +24,7 @@ from . import talker, thinker
 from .bundle_writer import copy_tokenizer, write_manifest
 from .checkpoint import load_model
 from .hub import HubSource, fetch_release
-from .voices import RELEASED_VOICE_FILES, write_voices
+from .voices import RELEASED_VOICES, write_voices
 
 log = logging.getLogger("omni-export")
 
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mimi", type=Path, help="Hugging Face Mimi folder (kyutai/mimi); without it no speech audio")
     p.add_argument("--siglip", type=Path, help="SigLIP2 vision folder (siglip2-base-p32-256-ve): image input")
     p.add_argument("--sensevoice", type=Path, help="funasr SenseVoiceSmall folder: speech input and transcripts")
-    p.add_argument("--voices", type=Path, nargs="*", default=list(RELEASED_VOICE_FILES),
-                   help="voices.pt files to convert (default: the released presets)")
+    p.add_argument("--voices", type=Path, nargs="*", default=[RELEASED_VOICES],
+                   help="voices.pt files or folders of .npz voices (default: the released presets)")
     p.add_argument("--out", type=Path, default=default_bundle_dir(), help="bundle folder to write")
     p.add_argument("--moe", action="store_true", help="with --from-hub: the MoE release")
     p.add_argument("--hub-mirror", type=Path, help="with --from-hub: a local folder laid out as <owner>/<name>/")
@@ -56,7 +56,7 @@ class Sources:
     mimi: Path | None = None
     siglip: Path | None = None
     sensevoice: Path | None = None
-    voices: tuple[Path, ...] = RELEASED_VOICE_FILES
+    voices: tuple[Path, ...] = (RELEASED_VOICES,)
 
 
 @dataclass

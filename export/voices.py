@@ -1,4 +1,9 @@
-"""Speaker presets: read upstream's `voices.pt` files and write the bundle's `voices/<name>.npz`."""
+"""Speaker presets: read upstream's `voices.pt` files (or folders of `.npz`) and write the bundle's
+`voices/<name>.npz`.
+
+The released presets (upstream's `model/speaker/voices.pt` and `voices_unseen.pt`) ship in `assets/minimind-o/voices/`
+already converted by `read_voices_pt`, so the package carries no pickles.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 from omni_onnx.voices import Voice
 
 ASSETS = Path(__file__).parent / "assets" / "minimind-o"
-RELEASED_VOICE_FILES = (ASSETS / "voices.pt", ASSETS / "voices_unseen.pt")
+RELEASED_VOICES = ASSETS / "voices"
 
 
 def read_voices_pt(path: Path) -> list[Voice]:
@@ -32,12 +37,19 @@ def read_voices_pt(path: Path) -> list[Voice]:
     return voices
 
 
-def write_voices(files: list[Path], out_dir: Path) -> list[str]:
-    """Convert every voice in `files` into out_dir/<name>.npz; later files may not redefine a name."""
+def read_voices(source: Path) -> list[Voice]:
+    """A `voices.pt` file, or a folder of `<name>.npz` voices."""
+    if source.is_dir():
+        return [Voice.load(p) for p in sorted(source.glob("*.npz"))]
+    return read_voices_pt(source)
+
+
+def write_voices(sources: list[Path], out_dir: Path) -> list[str]:
+    """Write every voice in `sources` into out_dir/<name>.npz; later sources may not redefine a name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
-    for f in files:
-        for v in read_voices_pt(f):
+    for f in sources:
+        for v in read_voices(f):
             if v.name in names:
                 raise ValueError(f"voice {v.name!r} from {f} is already defined by an earlier voices file")
             v.save(out_dir / f"{v.name}.npz")

@@ -14,7 +14,8 @@ import torch
 from omni_onnx.cli import main
 from omni_onnx.dump import CodeDump
 from omni_onnx.export.reference import chat_prompt_ids, reference_generate, voice_prompt_messages
-from omni_onnx.export.voices import RELEASED_VOICE_FILES, read_voices_pt
+from omni_onnx.export.voices import RELEASED_VOICES
+from omni_onnx.voices import Voice
 from omni_onnx.generate import GenerationOptions
 from omni_onnx.model import Conversation, OmniModel, TurnEnd
 
@@ -54,7 +55,7 @@ def test_streamed_wav_equals_mimi_full_decode(tiny_bundle, tiny_mimi, tmp_path):
 
 
 def test_voice_preset_matches_reference(tiny_bundle, tiny_torch_model, tmp_path):
-    voice = {v.name: v for f in RELEASED_VOICE_FILES for v in read_voices_pt(f)}["dylan"]
+    voice = Voice.load(RELEASED_VOICES / "dylan.npz")
     dump_path = tmp_path / "voice.json"
     assert main(["--bundle", str(tiny_bundle), "--text", QUESTION, "--greedy", "--voice", "dylan",
                  "--max-new-tokens", "24", "--dump-codes", str(dump_path)]) == 0
