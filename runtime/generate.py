@@ -135,6 +135,7 @@ class Stepper:
         self.cfg, self.thinker, self.talker, self.state = cfg, thinker, talker, state
         self.spk_emb = speaker.spk_emb if speaker.spk_emb is not None else np.zeros((1, cfg.spk_emb_size), np.float32)
         self.has_spk = speaker.spk_emb is not None
+        self._no_features = (np.zeros((1, 1, cfg.hidden_size), np.float32), np.zeros((1, 1), bool))  # decode steps
 
     def run(self, ids: np.ndarray, codes: np.ndarray, feature_embeds: np.ndarray | None = None,
             feature_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +145,8 @@ class Stepper:
         if start + t > st.capacity:
             raise ContextFull(f"{start + t} positions exceed the context of {st.capacity}")
         if feature_embeds is None:
-            feature_embeds = np.zeros((1, t, self.cfg.hidden_size), np.float32)
-            feature_mask = np.zeros((1, t), bool)
+            feature_embeds, feature_mask = self._no_features if t == 1 else (
+                np.zeros((1, t, self.cfg.hidden_size), np.float32), np.zeros((1, t), bool))
         out = self.thinker.run({"input_ids": ids[None], "feature_embeds": feature_embeds,
                                 "feature_mask": feature_mask, **st.thinker.past_feeds()})
         spk_mask = (codes[0] == self.cfg.audio_spk_code)[None] & self.has_spk
@@ -192,8 +193,9 @@ def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: Ge
     text_finished, filled = False, False
     column = np.empty(n_cb, np.int64)
     sampled = np.empty(n_cb, bool)
+    token: int | None = None  # the previous step's token: the next position's input
     for step in range(opts.max_new_tokens):
-        if step > 0:
+        if token is not None:
             logits, audio_logits = stepper.run(np.array([token], np.int64), ring.latest()[:, None])
         token = sample_text(logits, seen, opts.text, rng, opts.greedy)
         if text_finished:
