@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", help="speaker preset (see --list-voices); default: the model's own voice")
     p.add_argument("--list-voices", action="store_true", help="list the bundle's voices and exit")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--seed", type=int, help="seed for sampling (default: fresh randomness)")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling; without it each run differs")
     g.add_argument("--greedy", action="store_true", help="argmax instead of sampling (penalties still apply)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="bound on text plus the audio tail")
     p.add_argument("--temperature", type=float, default=0.7, help="text sampling temperature")
