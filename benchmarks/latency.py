@@ -48,21 +48,21 @@ def step_weight_bytes(model) -> int:
     return total
 
 
-def bench_steps(model_dir: Path, checkpoint: Path, threads: int, past: int, n: int) -> dict:
-    import torch
-
-    from omni_onnx.export.checkpoint import load_model
-    from omni_onnx.generate import ModelState, Speaker, Stepper
-    from omni_onnx.model import OmniModel
-    from omni_onnx.session import SessionOptions
-
-    ort_model = OmniModel.load(model_dir, SessionOptions(threads=threads))
-    cfg = ort_model.config
+def random_prompt(cfg, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed random text ids [length] and codes [codebooks, length]: timings need shapes, not meaning."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(100, cfg.vocab_size, past + 1).astype(np.int64)
-    codes = rng.integers(0, 2048, (cfg.num_codebooks, past + 1)).astype(np.int64)
+    return (rng.integers(100, cfg.vocab_size, length).astype(np.int64),
+            rng.integers(0, 2048, (cfg.num_codebooks, length)).astype(np.int64))
+
+
+def ort_steps(model, past: int, n: int) -> dict:
+    """Prefill of `past` random positions and one decode step after them, through Thinker and Talker (ORT)."""
+    from omni_onnx.generate import ModelState, Speaker, Stepper
+
+    cfg = model.config
+    ids, codes = random_prompt(cfg, past + 1)
     state = ModelState(cfg, past + 8)
-    stepper = Stepper(cfg, ort_model.thinker, ort_model.talker, state, Speaker(None, None))
+    stepper = Stepper(cfg, model.thinker, model.talker, state, Speaker(None, None))
 
     def ort_prefill():
         state.truncate(0)
@@ -72,10 +72,22 @@ def bench_steps(model_dir: Path, checkpoint: Path, threads: int, past: int, n: i
         state.truncate(past)
         stepper.run(ids[past:], codes[:, past:])
 
-    res: dict = {"past": past}
-    res["ort_prefill"] = summary(timed_ms(ort_prefill, max(3, n // 10), 1))
+    res = {"ort_prefill": summary(timed_ms(ort_prefill, max(3, n // 10), 1))}
     ort_prefill()
     res["ort_step"] = summary(timed_ms(ort_step, n))
+    return res
+
+
+def bench_steps(model_dir: Path, checkpoint: Path, threads: int, past: int, n: int) -> dict:
+    import torch
+
+    from omni_onnx.export.checkpoint import load_model
+    from omni_onnx.model import OmniModel
+    from omni_onnx.session import SessionOptions
+
+    ort_model = OmniModel.load(model_dir, SessionOptions(threads=threads))
+    ids, codes = random_prompt(ort_model.config, past + 1)
+    res: dict = {"past": past, **ort_steps(ort_model, past, n)}
 
     torch.set_num_threads(threads)
     tmodel = load_model(checkpoint)
@@ -181,6 +193,60 @@ def bench_encoders(model_dir: Path, checkpoint: Path, sensevoice_dir: Path | Non
                 "ort": summary(timed_ms(lambda: m.vision.run({"pixel_values": pixels}), max(3, n // 5), 1)),
                 "torch": summary(timed_ms(lambda: tmodel.vision_project(tower(pixel_values=px).last_hidden_state),
                                           max(3, n // 5), 1))}
+    return res
+
+
+def first_answer(model, prompt: str, max_new_tokens: int) -> dict:
+    """One greedy text-prompt turn as `omni-run` streams it: time to the first text delta and to the first audio
+    sample (prefill included), and the real-time factor (wall time of the whole answer / seconds of speech)."""
+    from omni_onnx.generate import GenerationOptions
+    from omni_onnx.model import AudioChunk, Conversation, TextDelta
+
+    first_text = first_audio = None
+    samples = 0
+    t0 = time.perf_counter()
+    for ev in Conversation(model).respond(prompt, GenerationOptions(max_new_tokens, greedy=True),
+                                          decode_audio=model.mimi is not None):
+        now_ms = (time.perf_counter() - t0) * 1e3
+        if isinstance(ev, TextDelta) and first_text is None:
+            first_text = now_ms
+        elif isinstance(ev, AudioChunk):
+            first_audio = now_ms if first_audio is None else first_audio
+            samples += len(ev.pcm)
+    wall = time.perf_counter() - t0
+    return {"time_to_first_text_ms": first_text, "time_to_first_audio_ms": first_audio,
+            "audio_seconds": samples / model.sample_rate,
+            "real_time_factor": wall / (samples / model.sample_rate) if samples else None}
+
+
+def bench_bundle(model, contexts: tuple[int, ...], n: int, max_new_tokens: int, progress=None) -> dict:
+    """ORT-only latency of a loaded bundle (no torch, no checkpoint): prefill and decode step at each context
+    length, Mimi ms per frame, encoder ms, and a whole answer's first-text / first-audio times and RTF."""
+    res: dict = {"steps": {}}
+    for past in contexts:
+        res["steps"][str(past)] = ort_steps(model, past, n)
+        if progress is not None:
+            progress()
+    if model.mimi is not None:
+        frames = np.random.default_rng(0).integers(0, 2048, (n + 8, model.config.num_codebooks)).astype(np.int64)
+        it, state = iter(frames), model.mimi.initial_state()
+
+        def frame():
+            nonlocal state
+            _, state = model.mimi.decode_frame(next(it), state)
+
+        res["mimi_frame"] = summary(timed_ms(frame, n, 3))
+    rng = np.random.default_rng(0)
+    if model.speech is not None:
+        feats = model.speech.features((0.1 * rng.standard_normal(16000 * 3)).astype(np.float32))
+        res["sensevoice_3s"] = summary(timed_ms(lambda: model.speech.run(feats), max(3, n // 5), 1))
+    if model.vision is not None:
+        size = int(model.bundle.manifest["vision"]["image_size"])
+        pixels = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+        res["vision_image"] = summary(timed_ms(lambda: model.vision.run({"pixel_values": pixels}), max(3, n // 5), 1))
+    res["answer"] = first_answer(model, "Why is the sky blue?", max_new_tokens)
+    if progress is not None:
+        progress()
     return res
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -89,22 +91,30 @@ def _stamp_shapes(path: Path, spec: GraphSpec) -> None:
     onnx.save(model, os.fspath(path))
 
 
-def _simplify_in_place(path: Path, feeds: dict[str, np.ndarray]) -> None:
-    import onnxsim
+# onnxsim folds constants with its own onnxruntime sessions, which onnxruntime refuses once this process has created
+# the runtime's shared thread pool; so it runs in a child process.
+_SIMPLIFY = "import sys, onnx, onnxsim; m, _ = onnxsim.simplify(onnx.load(sys.argv[1]), check_n=0); onnx.save(m, sys.argv[2])"
 
-    model = onnx.load(os.fspath(path))
+
+def _simplify_in_place(path: Path, feeds: dict[str, np.ndarray]) -> None:
+    simpler_path = path.with_suffix(".simplified.onnx")
     try:
-        simpler, _ = onnxsim.simplify(model, check_n=0)
-    except Exception as e:  # onnxsim fails on some graphs; the plain export is still valid
-        log.warning("onnxsim failed on %s (%s); keeping the plain export", path.name, e)
-        return
-    before, after = run_onnx(model, feeds), run_onnx(simpler, feeds)
-    diff = max(float(np.max(np.abs(before[k] - after[k]), initial=0.0)) for k in before)
-    if diff > SIMPLIFY_ATOL:
-        log.warning("onnxsim changed %s outputs by %.2e; keeping the plain export", path.name, diff)
-        return
-    log.info("onnxsim: %s %d -> %d nodes", path.name, len(model.graph.node), len(simpler.graph.node))
-    onnx.save(simpler, os.fspath(path))
+        done = subprocess.run([sys.executable, "-c", _SIMPLIFY, os.fspath(path), os.fspath(simpler_path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:  # onnxsim fails on some graphs; the plain export is still valid
+            reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            log.warning("onnxsim failed on %s (%s); keeping the plain export", path.name, reason)
+            return
+        model, simpler = onnx.load(os.fspath(path)), onnx.load(os.fspath(simpler_path))
+        before, after = run_onnx(model, feeds), run_onnx(simpler, feeds)
+        diff = max(float(np.max(np.abs(before[k] - after[k]), initial=0.0)) for k in before)
+        if diff > SIMPLIFY_ATOL:
+            log.warning("onnxsim changed %s outputs by %.2e; keeping the plain export", path.name, diff)
+            return
+        log.info("onnxsim: %s %d -> %d nodes", path.name, len(model.graph.node), len(simpler.graph.node))
+        os.replace(simpler_path, path)
+    finally:
+        simpler_path.unlink(missing_ok=True)
 
 
 def verify_parity(spec: GraphSpec, torch_outputs: Mapping[str, np.ndarray | torch.Tensor],

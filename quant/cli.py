@@ -1,0 +1,139 @@
+"""omni-quant: write an int8 copy of a bundle (graphs quantized per recipe, side files unchanged, fresh manifest),
+and with --report a fidelity report (JSON + Markdown) of the copy against its source."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omni_onnx.bundle import MANIFEST, Bundle, sha256_file
+from omni_onnx.errors import OmniError
+from omni_onnx.model import OmniModel
+from omni_onnx.session import SessionOptions
+
+from .dynamic_int8 import quantize_graph
+from .fidelity import fidelity
+from .recipes import RECIPES, Recipe
+
+log = logging.getLogger("omni-quant")
+REPORT = "quant_report"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="omni-quant", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bundle", type=Path, help="fp32 bundle written by omni-export")
+    p.add_argument("--to", choices=sorted(RECIPES), required=True, help="recipe (precision) to apply")
+    p.add_argument("--out", type=Path, help="new bundle folder (default: <bundle>-<recipe> beside it)")
+    p.add_argument("--report", action="store_true",
+                   help=f"also compare the new bundle with the source and write {REPORT}.json/.md into it")
+    p.add_argument("--steps", type=int, default=32, help="with --report: steps of the teacher-forced/greedy runs")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+    return p
+
+
+def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions = SessionOptions()) -> Path:
+    """Write `src` with its graphs passed through `recipe` into a fresh folder, then move it to `out`."""
+    if out.resolve() == src.root.resolve():
+        raise ValueError(f"--out must differ from the source bundle {src.root}")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"{out} exists and is not a bundle; choose an empty or new --out folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest: dict[str, Any] = json.loads(json.dumps(src.manifest))
+        for name, entry in manifest["graphs"].items():
+            t0, graph = time.perf_counter(), recipe.for_graph(name)
+            dst = quantize_graph(src.graph_path(name), work / entry["file"], graph, src.specs[name], opts)
+            entry.update(sha256=sha256_file(dst), precision=graph.precision, recipe=graph.to_dict())
+            log.info("%s: %s, %.1f -> %.1f MB (%.1f s)", name, graph.precision,
+                     src.graph_path(name).stat().st_size / 1e6, dst.stat().st_size / 1e6, time.perf_counter() - t0)
+        for rel in manifest.get("files", {}):
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.root / rel, work / rel)
+            manifest["files"][rel] = sha256_file(work / rel)
+        manifest["quantization"] = {"recipe": recipe.name, "from_bundle_created": src.manifest.get("created"),
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        Bundle.open(work)  # the new manifest and checksums read back
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+        return out
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bundle_mb(b: Bundle) -> float:
+    return round(sum(f.stat().st_size for f in b.root.rglob("*") if f.is_file()) / 1e6, 1)
+
+
+def build_report(src: Bundle, dst: Bundle, opts: SessionOptions, steps: int) -> dict[str, Any]:
+    ref, quant = OmniModel(src, opts), OmniModel(dst, opts)
+    return {"weights": src.manifest.get("source"), "source_bundle": str(src.root), "bundle": str(dst.root),
+            "recipe": dst.manifest.get("quantization", {}).get("recipe"),
+            "size_mb": {"fp32": bundle_mb(src), "quantized": bundle_mb(dst)},
+            "graphs": {name: {"precision": e.get("precision", "fp32"), "why": e.get("recipe", {}).get("why", ""),
+                              "mb": round(dst.graph_path(name).stat().st_size / 1e6, 1),
+                              "fp32_mb": round(src.graph_path(name).stat().st_size / 1e6, 1)}
+                       for name, e in dst.manifest["graphs"].items()},
+            **fidelity(ref, quant, steps)}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    tf, fr = r["teacher_forced"], r["free_running"]
+    lines = [f"# Quantization report ({r['recipe']})", "",
+             f"Weights: `{json.dumps(r['weights'])}`", "",
+             f"Bundle size: {r['size_mb']['fp32']} MB fp32 -> {r['size_mb']['quantized']} MB", "",
+             "| graph | precision | MB (fp32) | output | cosine | max abs error |", "|---|---|---|---|---|---|"]
+    for name, g in r["graphs"].items():
+        head = f"{name} | {g['precision']} | {g['mb']} ({g['fp32_mb']})"
+        if name not in r["outputs"]:
+            lines.append(f"| {head} | audio (see below) | | |")
+        for k, (out, c) in enumerate(r["outputs"].get(name, {}).items()):
+            lines.append(f"| {head if k == 0 else ' | | '} | {out} | {c['cosine']:.6f} | {c['max_abs']:.3g} |")
+    lines += ["", f"Teacher-forced top-1 agreement over {tf['steps']} steps ({len(tf['prompts'])} prompts): "
+              f"text {tf['text_top1']:.3f}, codebooks " + ", ".join(f"{x:.3f}" for x in tf["codebook_top1"]), "",
+              f"Free-running greedy ({fr['max_new_tokens']} steps, \"{fr['prompt']}\"): text ids {fr['text_ids']:.3f}, "
+              "code streams " + ", ".join(f"{x:.3f}" for x in fr["codebooks"]) +
+              f"; frames fp32 {fr['frames']['fp32']}, quantized {fr['frames']['quantized']}"]
+    if "mimi_audio" in r:
+        a = r["mimi_audio"]
+        lines += ["", f"Mimi audio over {a['frames']} frames: SNR {a['snr_db']} dB, cosine {a['cosine']:.6f}, "
+                  f"max abs error {a['max_abs']:.3g}"]
+    lines += ["", "Why each graph has its precision:", ""]
+    lines += [f"- {name}: {g['precision']}, {g['why']}" for name, g in r["graphs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # onnxruntime's quantizer logs every skipped tensor at INFO on the root logger
+    opts = SessionOptions(threads=args.threads)
+    try:
+        src = Bundle.open(args.bundle)
+        out = quantize_bundle(src, RECIPES[args.to], args.out or args.bundle.with_name(f"{args.bundle.name}-{args.to}"),
+                              opts)
+        print(f"{args.to} bundle ready: {out}")
+        if args.report:
+            r = build_report(src, Bundle.open(out), opts, args.steps)
+            (out / f"{REPORT}.json").write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+            (out / f"{REPORT}.md").write_text(markdown(r), encoding="utf-8")
+            print(markdown(r))
+    except (OmniError, ValueError) as e:
+        print(f"omni-quant: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
