@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-EVAL_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "eval_omni"
+# upstream's eval questions (dataset/eval_omni, Apache-2.0): clip name, language, question text
+QUESTIONS = Path(__file__).resolve().parent / "data" / "questions.tsv"
 PAPER = {"dense": {"cer": 0.0897, "similarity": 0.5995}, "moe": {"cer": 0.0900, "similarity": 0.5937}}
 
 
@@ -55,9 +56,9 @@ class Question:
     text: str
 
 
-def eval_questions(eval_dir: Path = EVAL_DIR) -> list[Question]:
+def eval_questions(path: Path = QUESTIONS) -> list[Question]:
     """The spoken questions of upstream's eval set (questions.tsv: file, language, question text)."""
-    with open(eval_dir / "questions.tsv", encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))[1:]
     return [Question(*r[:3]) for r in rows if len(r) >= 3 and r[0].startswith("audio-")]
 
