@@ -22,6 +22,7 @@ from .contracts import (GraphSpec, MimiDims, audio_projector_spec, mimi_decoder_
 from .errors import BundleError
 
 MANIFEST = "manifest.json"
+VERIFIED_STAMP = ".verified.json"  # (sha256, size, mtime) of each file at its last full check
 EXPORT_HINT = "omni-export --checkpoint <sft_omni_768.pth> --mimi <mimi folder> --out <bundle>"
 
 
@@ -102,15 +103,32 @@ class Bundle:
                                   f"re-export the bundle with this omni-onnx")
 
     def _check_files(self) -> None:
+        """sha256 of every listed file, skipping files whose (size, mtime) match the stamp of an earlier full check:
+        hashing a 2 GB fp32 bundle takes seconds, and a truncated or edited file changes size or mtime."""
         listed = {e["file"]: e["sha256"] for e in self.manifest["graphs"].values()}
         listed.update(self.manifest.get("files", {}))
+        stamp_path = self.root / VERIFIED_STAMP
+        try:
+            stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamp = {}
+        seen = {}
         for rel, digest in listed.items():
             path = self.root / rel
             if not path.is_file():
                 raise BundleError(f"bundle {self.root} is missing {rel}; re-export it")
+            st = path.stat()
+            seen[rel] = [digest, st.st_size, st.st_mtime_ns]
+            if stamp.get(rel) == seen[rel]:
+                continue
             if sha256_file(path) != digest:
                 raise BundleError(f"{path} does not match its checksum in {MANIFEST} (corrupted, truncated or "
                                   f"edited); re-export the bundle")
+        if seen != stamp:
+            try:
+                stamp_path.write_text(json.dumps(seen), encoding="utf-8")
+            except OSError:  # a read-only bundle is verified in full at every load
+                pass
 
     def has_graph(self, name: str) -> bool:
         return name in self.specs

@@ -67,7 +67,8 @@ class OmniModel:
 
     @property
     def sample_rate(self) -> int:
-        return 24000
+        """Of the speech this bundle writes (Mimi's rate; 24 kHz for the released codec)."""
+        return self.mimi.dims.sample_rate if self.mimi is not None else 24000
 
     def voice(self, name: str) -> Voice:
         if name not in self.bundle.voices:

@@ -94,3 +94,16 @@ def test_out_in_missing_folder(capsys, tiny_bundle, tmp_path):
 def test_list_voices(capsys, tiny_bundle):
     assert main(["--bundle", str(tiny_bundle), "--list-voices"]) == 0
     assert {"dylan", "arthur"} <= set(capsys.readouterr().out.split())
+
+
+def test_same_size_edit_after_a_verified_load_is_caught(capsys, bundle_copy):
+    """Loads skip re-hashing files whose size and mtime match the last full check; an edit changes the mtime."""
+    from omni_onnx.bundle import Bundle
+    Bundle.open(bundle_copy)  # full check, writes the stamp
+    assert (bundle_copy / ".verified.json").is_file()
+    g = bundle_copy / "talker.onnx"
+    data = bytearray(g.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    g.write_bytes(bytes(data))
+    rc, err = run(capsys, "--bundle", str(bundle_copy), "--text", "hi")
+    assert_one_line(rc, err, "talker.onnx", "checksum")
