@@ -1,4 +1,5 @@
-"""omni-export: turn a released MiniMind-O checkpoint (+ Mimi) into a bundle that omni-run loads without torch."""
+"""omni-export: turn a released MiniMind-O checkpoint (+ Mimi, SenseVoice, SigLIP) into a bundle that omni-run loads
+without torch."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--siglip", type=Path, help="SigLIP2 vision folder (siglip2-base-p32-256-ve): image input")
     p.add_argument("--sensevoice", type=Path, help="funasr SenseVoiceSmall folder: speech input and transcripts")
     p.add_argument("--voices", type=Path, nargs="*", default=[RELEASED_VOICES],
-                   help="voices.pt files or folders of .npz voices (default: the released presets)")
+                   help="voices.pt files or folders of .npz voices (default: the 12 released presets)")
     p.add_argument("--out", type=Path, default=default_bundle_dir(), help="bundle folder to write")
     p.add_argument("--moe", action="store_true", help="with --from-hub: the MoE release")
     p.add_argument("--hub-mirror", type=Path, help="with --from-hub: a local folder laid out as <owner>/<name>/")
