@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions = SessionOptions()) -> Path:
+def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions) -> Path:
     """Write `src` with its graphs passed through `recipe` into a fresh folder, then move it to `out`."""
     if out.resolve() == src.root.resolve():
         raise ValueError(f"--out must differ from the source bundle {src.root}")
@@ -107,8 +107,8 @@ def markdown(r: dict[str, Any]) -> str:
               f"; frames fp32 {fr['frames']['fp32']}, quantized {fr['frames']['quantized']}"]
     if "mimi_audio" in r:
         a = r["mimi_audio"]
-        lines += ["", f"Mimi audio over {a['frames']} frames: SNR {a['snr_db']} dB, cosine {a['cosine']:.6f}, "
-                  f"max abs error {a['max_abs']:.3g}"]
+        lines += ["", (f"Mimi audio over {a['frames']} frames: SNR {a['snr_db']} dB, cosine {a['cosine']:.6f}, "
+                       f"max abs error {a['max_abs']:.3g}")]
     lines += ["", "Why each graph has its precision:", ""]
     lines += [f"- {name}: {g['precision']}, {g['why']}" for name, g in r["graphs"].items()]
     return "\n".join(lines) + "\n"

@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
-from onnxruntime.quantization import QuantType, quantize_dynamic
-
 from omni_onnx.contracts import ContractError, GraphSpec
 from omni_onnx.session import SessionOptions, check_contract, make_session, ort_session_options
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from .recipes import DYNAMIC_INT8, GraphRecipe
 
@@ -34,7 +33,7 @@ def optimize_offline(src: Path, dst: Path, opts: SessionOptions) -> None:
 
 
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
-                   opts: SessionOptions = SessionOptions()) -> Path:
+                   opts: SessionOptions) -> Path:
     """Write `src` quantized by `recipe` to `dst`, keeping `spec` (the graph's contract)."""
     if recipe.method != DYNAMIC_INT8:
         shutil.copyfile(src, dst)

@@ -14,7 +14,6 @@ Random weights say little about trained ones; the report names the weights it ra
 from __future__ import annotations
 
 import numpy as np
-
 from omni_onnx.contracts import GraphSpec
 from omni_onnx.dump import CodeDump
 from omni_onnx.generate import GenerationOptions, ModelState, Speaker, Stepper, generate, prompt_codes

@@ -2,8 +2,10 @@
 each graph was built with, so a bundle says how it was made and `--report` can show why.
 
 Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure on trained weights):
-- Thinker, Talker, projectors, encoders: dynamic per-channel QInt8 weights on MatMul (QUInt8 is slower here).
-  The decode step streams its weights, so int8 cuts its memory traffic by ~4x (full-size step 18.8 -> 6.7 ms).
+- Thinker, Talker, projectors, encoders: dynamic per-channel QInt8 weights on MatMul (QUInt8 was measured
+  slower on this CPU, issue 5).
+  The decode step streams its weights, so int8 cuts its memory traffic by ~4x (full-size step 17.9 -> 5.6 ms).
+  Per-tensor scales were ~10% faster (5.1 ms) but cut the teacher-forced text top-1 from 1.000 to 0.948.
   Embedding tables (Gather) stay fp32: int8 (per-tensor) ones saved 32 MB but cut the teacher-forced top-1
   agreement (text 1.000 -> 0.969, codebooks ~0.87 -> ~0.85 over 96 steps), for no speed (a row is read per token).
 - Mimi decoder: int8 only on its transformer's MatMuls (the only MatMuls with constant weights); its convolutions

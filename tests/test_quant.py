@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from omni_onnx.bundle import Bundle
 from omni_onnx.dump import CodeDump
 from omni_onnx.export.reference import chat_prompt_ids, reference_generate
