@@ -72,7 +72,17 @@ def _steer(sd: dict, text_token: int, code: int) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_eos_checkpoint(tiny_checkpoint, tmp_path_factory) -> tuple[Path, list[int]]:
+def tiny_lively_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint with `_lively` weights: varied text and codes (raw random weights repeat one token)."""
+    import torch
+    sd = _lively({k: v.float() for k, v in torch.load(tiny_checkpoint).items()})
+    path = tmp_path_factory.mktemp("lively") / "sft_omni_768.pth"
+    torch.save({k: v.half() for k, v in sd.items()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_eos_checkpoint(tiny_lively_checkpoint, tmp_path_factory) -> tuple[Path, list[int]]:
     """A tiny checkpoint whose greedy answer to the test prompt reaches EOS and then stop codes on every codebook
     before max_new_tokens, found by steering EOS/stop onto tokens the lively model emits mid-answer.
 
@@ -82,10 +92,9 @@ def tiny_eos_checkpoint(tiny_checkpoint, tmp_path_factory) -> tuple[Path, list[i
     from omni_onnx.export.checkpoint import load_model
     from omni_onnx.export.reference import chat_prompt_ids, reference_generate
     prompt = chat_prompt_ids([{"role": "user", "content": "Why is the sky blue?"}])
-    base = _lively({k: v.float() for k, v in torch.load(tiny_checkpoint).items()})
+    base = {k: v.float() for k, v in torch.load(tiny_lively_checkpoint).items()}
     path = tmp_path_factory.mktemp("eos") / "sft_omni_768.pth"
-    torch.save({k: v.half() for k, v in base.items()}, path)
-    probe = reference_generate(load_model(path), prompt, 40, greedy=True)
+    probe = reference_generate(load_model(tiny_lively_checkpoint), prompt, 40, greedy=True)
     for t in probe.text_ids[4:12]:
         for c in probe.audio_codes[0][6:14]:
             torch.save({k: v.half() for k, v in _steer(dict(base), t, c).items()}, path)

@@ -42,16 +42,11 @@ def test_eval_questions():
 
 
 @pytest.fixture(scope="module")
-def lively_bundle(tiny_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path_factory) -> Path:
+def lively_bundle(tiny_lively_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path_factory) -> Path:
     """The tiny model answers in newlines only (nothing to score); amplified weights give real characters."""
-    import torch
-    from conftest import _lively
     from omni_onnx.export.cli import Sources, export_bundle
-    tmp = tmp_path_factory.mktemp("lively")
-    sd = _lively({k: v.float() for k, v in torch.load(tiny_checkpoint).items()})
-    torch.save({k: v.half() for k, v in sd.items()}, tmp / "sft_omni_768.pth")
-    return export_bundle(Sources(tmp / "sft_omni_768.pth", tiny_mimi, None, tiny_sensevoice, voices=()),
-                         tmp / "bundle", verify=False)
+    return export_bundle(Sources(tiny_lively_checkpoint, tiny_mimi, None, tiny_sensevoice, voices=()),
+                         tmp_path_factory.mktemp("lively") / "bundle", verify=False)
 
 
 def numbers(tree, path=""):
