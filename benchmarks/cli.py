@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 
 from . import quality
-from .machine import cpu_flags, cpu_model
+from .machine import describe
 
 SUITES = ("latency", "memory", "quality")
 
@@ -37,18 +34,6 @@ class Plan:
     @classmethod
     def of(cls, quick: bool) -> Plan:
         return cls((8, 32), 5, 24, 2) if quick else cls((64, 256, 1024), 50, 256, None)
-
-
-def environment(threads: int) -> dict:
-    """Machine and package versions, read without importing torch (a runtime-only install has none)."""
-    versions = {}
-    for pkg in ("omni-onnx", "numpy", "onnxruntime", "tokenizers", "jiwer", "torch"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(), "threads": threads,
-            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
 
 
 def bundle_identity(root: Path) -> dict:
@@ -198,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run_bundle(b, suites, plan, a.threads, progress) for b in bundles]
     finally:
         progress.close()
-    results = {"machine": environment(a.threads), "quick": a.quick, "suites": list(suites),
+    results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
                "plan": asdict(plan), "seconds": time.perf_counter() - t0, "bundles": runs}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import time
+from importlib import metadata
 
-import numpy as np
 
 
 def cpu_model() -> str:
@@ -53,8 +53,12 @@ def read_bandwidth_gbs(threads: int = 2, size_mb: int = 1024, repeats: int = 5) 
 
 
 def describe(threads: int) -> dict:
-    import onnxruntime
-    import torch
+    """Machine and package versions, read without importing torch (a runtime-only install has none)."""
+    versions = {}
+    for pkg in ("omni-onnx", "numpy", "onnxruntime", "tokenizers", "jiwer", "torch"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(), "threads": threads,
-            "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__}
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}

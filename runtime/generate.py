@@ -179,11 +179,8 @@ def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: Ge
     codes = prompt_codes(cfg, L, speaker)
     st.reused = reuse = st.reusable_prefix(ids, codes, None if features is None else features.mask)
     st.truncate(reuse)
-    if features is None:
-        logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:])
-    else:
-        logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:], features.embeds[None, reuse:],
-                                           features.mask[None, reuse:])
+    embeds, mask = (None, None) if features is None else (features.embeds[None, reuse:], features.mask[None, reuse:])
+    logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:], embeds, mask)
 
     seen = np.zeros(cfg.vocab_size, bool)
     seen[ids] = True
