@@ -1,1 +1,1 @@
-"""Benchmarks: latency against our torch reference and the weight-streaming floor."""
+"""Benchmarks: `omni-bench` (latency, memory, fidelity against our torch reference, quality)."""

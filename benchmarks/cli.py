@@ -1,10 +1,13 @@
-"""`omni-bench`: latency, memory and quality of one or more bundles in one command, written as results.json,
-results.md and (when matplotlib is installed) PNG plots.
+"""`omni-bench`: latency, memory, fidelity and quality of one or more bundles in one command, written as
+results.json, results.md and (with matplotlib, the `bench` extra) PNG plots.
 
     omni-bench --bundle bundles/fp32 --bundle bundles/int8 --out benchmarks/results/run
+    omni-bench --bundle B --checkpoint sft_omni_768.pth --mimi MIMI --sensevoice SV --siglip SIGLIP   # + fidelity
     omni-bench --quick                   # tiny step counts: a smoke run of every suite on the default bundle
 
-Only ORT runs here (no torch): the torch-vs-ORT comparison is `python -m omni_onnx.bench` (see README.md).
+The fidelity suite runs our export-time torch modules (eager, the same weights) beside each bundle: it needs the
+export extra and the sources the bundle was exported from (--checkpoint, and --mimi/--sensevoice/--siglip for those
+graphs). It is in the default suites when --checkpoint is given.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import quality
+from . import plots, quality
 from .machine import describe
 
-SUITES = ("latency", "memory", "quality")
+SUITES = ("latency", "memory", "fidelity", "quality")
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,11 @@ class Plan:
     steps: int
     max_new_tokens: int
     questions: int | None  # None: every eval question
+    greedy_steps: int  # fidelity: positions compared (teacher-forced logits, greedy loop)
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
-        return cls((8, 32), 5, 24, 2) if quick else cls((64, 256, 1024), 50, 256, None)
+        return cls((8, 32), 5, 24, 2, 16) if quick else cls((64, 256, 1024), 50, 256, None, 128)
 
 
 def bundle_identity(root: Path) -> dict:
@@ -42,7 +46,8 @@ def bundle_identity(root: Path) -> dict:
     manifest = json.loads(raw)
     return {"path": str(root), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
             "graphs_sha256": {k: v["sha256"] for k, v in manifest["graphs"].items()},
-            "source": manifest.get("source"), "package_version": manifest.get("package_version")}
+            "source": manifest.get("source"), "package_version": manifest.get("package_version"),
+            "precision": manifest["graphs"]["thinker"].get("precision", "fp32")}
 
 
 class Progress:
@@ -67,11 +72,13 @@ class Progress:
             self.bar.close()
 
 
-def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, progress: Progress) -> dict:
+def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, progress: Progress,
+               reference=None, voice: str | None = None) -> dict:
+    """Every requested suite on one bundle; `reference` is the fidelity suite's `TorchReference`."""
     from omni_onnx.model import OmniModel
     from omni_onnx.session import SessionOptions
 
-    from . import latency, memory
+    from . import fidelity, latency, memory
 
     out: dict = {"bundle": bundle_identity(root)}
     model = OmniModel.load(root, SessionOptions(threads=threads))
@@ -80,9 +87,13 @@ def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, pr
     if "memory" in suites:
         out["memory"] = memory.measure(root, plan.max_new_tokens, threads)
         progress()
+    if "fidelity" in suites:
+        out["fidelity"] = fidelity.fidelity(model, reference, plan.contexts, plan.steps, plan.greedy_steps, progress)
     if "quality" in suites:
         questions = quality.eval_questions()[:plan.questions]
         out["quality"] = quality.consistency(model, questions, plan.max_new_tokens, progress)
+        out["quality"]["voice_clone"] = quality.voice_similarity(model, questions, voice, plan.max_new_tokens,
+                                                                 progress)
     return out
 
 
@@ -90,67 +101,125 @@ def fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def latency_rows(lat: dict) -> list[str]:
+    rows = []
+    for past, s in lat["steps"].items():
+        rows += [f"| prefill {past} positions, ms (median) | {fmt(s['ort_prefill']['median_ms'])} |",
+                 (f"| Thinker+Talker step at context {past}, ms (median / p90) | "
+                  f"{fmt(s['ort_step']['median_ms'])} / {fmt(s['ort_step']['p90_ms'])} |")]
+    rows.append(f"| greedy loop per step, ms (median / p90) | {fmt(lat['loop_step']['median_ms'])} / "
+                f"{fmt(lat['loop_step']['p90_ms'])} |")
+    for key, label in (("mimi_frame", "Mimi frame (80 ms audio), ms"), ("sensevoice_3s", "SenseVoice 3 s, ms"),
+                       ("vision_image", "SigLIP + projector, one image, ms")):
+        if key in lat:
+            rows.append(f"| {label} | {fmt(lat[key]['median_ms'])} |")
+    a = lat["answer"]
+    rows += [(f"| time to first text / first audio (text prompt), ms | {fmt(a['time_to_first_text_ms'])} / "
+              f"{fmt(a['time_to_first_audio_ms'])} |"), f"| real-time factor of the answer | {fmt(a['real_time_factor'])} |"]
+    for kind, st in lat.get("first_audio", {}).items():
+        what = "text prompt" if kind == "text" else "end of the spoken question"
+        rows.append(f"| first audio from the {what}, ms = encoder + prefill + delay steps + Mimi frame | " + (
+            "n/a (no frame)" if st is None else
+            f"{fmt(st['total_ms'])} = {fmt(st['encoder_ms'])} + {fmt(st['prefill_ms'])} + "
+            f"{fmt(st['delay_steps_ms'])} ({st['delay_steps']:g} steps) + {fmt(st['mimi_frame_ms'])}") + " |")
+    return rows
+
+
+def fidelity_rows(f: dict) -> list[str]:
+    lg, g, sp = f["logits"], f["greedy"], f["speed"]
+    same = "identical" if g["codes_identical"] and g["text_identical"] else (
+        f"differ (text from step {fmt(g['first_text_difference'])}, codes from step {fmt(g['first_code_difference'])})")
+    rows = [f"| torch reference | `{f['reference']['checkpoint']}` (same weights: {f['reference']['same_weights']}) |",
+            (f"| logits max abs error vs torch over {lg['positions']} positions, text / audio | "
+             f"{fmt(lg['text_max_abs'])} / {fmt(lg['audio_max_abs'])} (logits up to {fmt(lg['logit_scale'])}; "
+             f"top-1 agreement {fmt(lg['text_top1'])} / {fmt(lg['codebook_top1'])}) |"),
+            (f"| greedy loop vs torch reference, {g['steps_run']} steps ({g['text_tokens']} text tokens, "
+             f"{g['frames']} frames) | {same} |"),
+            (f"| greedy loop per step, ORT / torch, ms | {fmt(g['ort_loop_ms_per_step'])} / "
+             f"{fmt(g['torch_loop_ms_per_step'])} (ratio {fmt(g['loop_ort_over_torch'])}) |")]
+    for past, s in sp["steps"].items():
+        rows += [(f"| prefill {past}, ORT / torch, ms | {fmt(s['ort_prefill']['median_ms'])} / "
+                  f"{fmt(s['torch_prefill']['median_ms'])} (ratio {fmt(s['prefill_ort_over_torch'])}) |"),
+                 (f"| step at context {past}, ORT / torch, ms | {fmt(s['ort_step']['median_ms'])} / "
+                  f"{fmt(s['torch_step']['median_ms'])} (ratio {fmt(s['step_ort_over_torch'])}) |")]
+    fl = sp["floor"]
+    rows.append(f"| weight-streaming floor of a step, ms | {fmt(fl['floor_ms'])} ({fmt(fl['weight_mb'])} MB / "
+                f"{fmt(fl['bandwidth_gbs'])} GB/s; ORT step at context {fl['context']} = "
+                f"{fmt(fl['ort_step_over_floor'])}x, torch {fmt(fl['torch_step_over_floor'])}x) |")
+    for key, label in (("mimi_frame", "Mimi frame"), ("sensevoice_3s", "SenseVoice 3 s"),
+                       ("sensevoice_6s", "SenseVoice 6 s"), ("sensevoice_10s", "SenseVoice 10 s"),
+                       ("vision_image", "SigLIP + projector, one image")):
+        if key in sp:
+            e = sp[key]
+            floor = "" if "compute_floor_ms" not in e else (
+                f"; compute floor {fmt(e['compute_floor_ms'])} ms = {fmt(e['gmacs'])} GMAC at "
+                f"{fmt(sp['matmul_gflops'])} GFLOP/s: ORT {fmt(e['ort_over_floor'])}x, "
+                f"torch {fmt(e['torch_over_floor'])}x")
+            rows.append(f"| {label}, ORT / torch, ms | {fmt(e['ort']['median_ms'])} / {fmt(e['torch']['median_ms'])} "
+                        f"(ratio {fmt(e['ort_over_torch'])}; max abs error {fmt(e['max_abs'])}{floor}) |")
+    return rows
+
+
+def quality_rows(q: dict) -> list[str]:
+    p, vc = q["paper"], q["voice_clone"]
+    sim = (f"{fmt(vc['similarity'])} (voice {vc['voice']}, {vc['scored']}/{vc['prompts']} prompts)"
+           if vc["similarity"] is not None else vc.get("note", "n/a"))
+    cer = (f"{fmt(q['cer_mean'])} / {fmt(q['cer_corpus'])}" if "note" not in q else q["note"])
+    return [(f"| Thinker–Talker CER, mean ({q['scored']}/{q['prompts']} prompts) / corpus | {cer} "
+             f"(paper: {p['dense']['cer']} dense, {p['moe']['cer']} MoE) |"),
+            f"| voice-clone similarity | {sim} (paper: {p['dense']['similarity']} dense, {p['moe']['similarity']} MoE) |"]
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [(f"CPU: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no AVX flags'}), {m['threads']} threads, "
-              f"onnxruntime {m['versions']['onnxruntime']}{' (quick run)' if results['quick'] else ''}"), ""]
+              f"onnxruntime {m['versions']['onnxruntime']}, torch {m['versions']['torch'] or 'not installed'}"
+              f"{' (quick run)' if results['quick'] else ''}; {results['seconds']:.0f} s in all"), ""]
     for r in results["bundles"]:
         b = r["bundle"]
-        lines += [f"## {b['path']}", "", f"weights: `{json.dumps(b['source'])}`", "", "| what | value |", "|---|---|"]
+        lines += [f"## {b['path']} ({b['precision']})", "", f"weights: `{json.dumps(b['source'])}`", "",
+                  "| what | value |", "|---|---|"]
         if "latency" in r:
-            lat = r["latency"]
-            for past, s in lat["steps"].items():
-                lines += [f"| prefill {past} positions, ms (median) | {fmt(s['ort_prefill']['median_ms'])} |",
-                          (f"| Thinker+Talker step at context {past}, ms (median / p90) | "
-                           f"{fmt(s['ort_step']['median_ms'])} / {fmt(s['ort_step']['p90_ms'])} |")]
-            for key, label in (("mimi_frame", "Mimi frame (80 ms audio), ms"), ("sensevoice_3s", "SenseVoice 3 s, ms"),
-                               ("vision_image", "SigLIP + projector, one image, ms")):
-                if key in lat:
-                    lines.append(f"| {label} | {fmt(lat[key]['median_ms'])} |")
-            a = lat["answer"]
-            lines += [(f"| time to first text / first audio, ms | {fmt(a['time_to_first_text_ms'])} / "
-                       f"{fmt(a['time_to_first_audio_ms'])} |"), f"| real-time factor | {fmt(a['real_time_factor'])} |"]
+            lines += latency_rows(r["latency"])
         if "memory" in r:
             mem = r["memory"]
             lines += [f"| bundle on disk, MB | {fmt(mem['bundle_mb'])} |",
                       *(f"| {g}.onnx, MB | {fmt(v)} |" for g, v in mem["graph_mb"].items()),
-                      (f"| peak RSS after load / after one turn, MB | {fmt(mem['peak_rss_after_load_mb'])} / "
-                       f"{fmt(mem['peak_rss_turn_mb'])} |")]
+                      (f"| peak RSS after loading every graph / after one "
+                       f"{'spoken' if mem['spoken_question'] else 'text'} question, MB | "
+                       f"{fmt(mem['peak_rss_after_load_mb'])} / {fmt(mem['peak_rss_turn_mb'])} |")]
+        if "fidelity" in r:
+            lines += fidelity_rows(r["fidelity"])
         if "quality" in r:
-            q, p = r["quality"], r["quality"]["paper"]
-            lines += [(f"| Thinker–Talker CER, mean ({q['scored']}/{q['prompts']} prompts) / corpus | "
-                       f"{fmt(q['cer_mean'])} / {fmt(q['cer_corpus'])} (paper: {p['dense']['cer']} dense, "
-                       f"{p['moe']['cer']} MoE) |"),
-                      (f"| voice-clone similarity | n/a, {q['similarity_note']} (paper: {p['dense']['similarity']} "
-                       f"dense, {p['moe']['similarity']} MoE) |")]
+            lines += quality_rows(r["quality"])
         lines.append("")
     lines.append("Random weights give meaningless quality figures; the `weights` line says what each bundle holds.")
     return "\n".join(lines) + "\n"
 
 
-def plots(results: dict, out: Path) -> list[str]:
-    """Step latency by context length per bundle; [] when matplotlib is missing (it is not a dependency)."""
+def torch_reference(p: argparse.ArgumentParser, a: argparse.Namespace, bundles: list[Path]):
+    """The fidelity suite's torch side, after checking it can run and holds the bundles' weights."""
+    from omni_onnx.bundle import sha256_file
+
+    from .fidelity import TorchReference, TorchSources, require_torch, same_weights
+
+    if a.checkpoint is None:
+        p.error("the fidelity suite compares each bundle with the PyTorch reference on the same weights: give "
+                "--checkpoint (and --mimi/--sensevoice/--siglip: the folders the bundle was exported from)")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    written = []
-    runs = [r for r in results["bundles"] if "latency" in r]
-    if runs:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in runs:
-            steps = r["latency"]["steps"]
-            ax.plot([int(k) for k in steps], [s["ort_step"]["median_ms"] for s in steps.values()], "o-",
-                    label=Path(r["bundle"]["path"]).name)
-        ax.set(xlabel="context (positions)", ylabel="Thinker+Talker step, ms (median)", xscale="log")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "step_latency.png", dpi=120)
-        plt.close(fig)
-        written.append("step_latency.png")
-    return written
+        require_torch()
+    except ImportError as e:
+        p.error(str(e))
+    if not a.checkpoint.is_file():
+        p.error(f"--checkpoint {a.checkpoint} is not a file")
+    sha = sha256_file(a.checkpoint)
+    for b in bundles:
+        manifest = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
+        if not same_weights(manifest, sha):
+            p.error(f"{b} was exported from a checkpoint with sha256 "
+                    f"{(manifest.get('source') or {}).get('checkpoint_sha256')}, but --checkpoint {a.checkpoint} has "
+                    f"{sha}; pass the checkpoint the bundle was exported from")
+    return TorchReference(TorchSources(a.checkpoint, a.mimi, a.sensevoice, a.siglip), a.threads, sha)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,12 +229,19 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, action="append", help="a bundle to measure (repeatable; default: the "
                    "omni-export cache location)")
-    p.add_argument("--suite", default=",".join(SUITES), help=f"comma-separated, of: {', '.join(SUITES)}")
+    p.add_argument("--suite", help=f"comma-separated, of: {', '.join(SUITES)} (default: all; fidelity only "
+                   "with --checkpoint)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, seconds on a tiny bundle)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/omni-bench"))
+    p.add_argument("--checkpoint", type=Path, help="fidelity: the .pth the bundles were exported from")
+    p.add_argument("--mimi", type=Path, help="fidelity: the Mimi folder the bundles were exported from")
+    p.add_argument("--sensevoice", type=Path, help="fidelity: the SenseVoiceSmall folder")
+    p.add_argument("--siglip", type=Path, help="fidelity: the SigLIP folder")
+    p.add_argument("--voice", help="quality: the voice cloned for the similarity figure (default: the first)")
     a = p.parse_args(argv)
-    suites = tuple(s.strip() for s in a.suite.split(",") if s.strip())
+    default = [s for s in SUITES if s != "fidelity" or a.checkpoint is not None]
+    suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
     if unknown or not suites:
         p.error(f"unknown suite(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SUITES)}")
@@ -173,14 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     for b in bundles:
         if not (b / "manifest.json").is_file():
             p.error(f"{b} is not a bundle (no manifest.json); build one with omni-export, or pass --bundle DIR")
+    t0 = time.perf_counter()
+    reference = torch_reference(p, a, bundles) if "fidelity" in suites else None
     plan = Plan.of(a.quick)
     questions = plan.questions or len(quality.eval_questions())
-    per_bundle = (len(plan.contexts) + 1) * ("latency" in suites) + ("memory" in suites) + \
-        questions * ("quality" in suites)
-    progress = Progress(per_bundle * len(bundles))
-    t0 = time.perf_counter()
+    total = 0
+    for b in bundles:
+        graphs = json.loads((b / "manifest.json").read_text(encoding="utf-8"))["graphs"]
+        answers = ({"sensevoice", "mimi_decoder"} <= set(graphs)) + ("campplus" in graphs)  # per question
+        total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
+            ("memory" in suites) + questions * answers * ("quality" in suites)
+    progress = Progress(total)
     try:
-        runs = [run_bundle(b, suites, plan, a.threads, progress) for b in bundles]
+        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice) for b in bundles]
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
@@ -190,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     (a.out / "results.md").write_text(table, encoding="utf-8")
     print(table)
-    pngs = plots(results, a.out)
+    pngs = plots.write(results, a.out)
     print(f"plots: {', '.join(pngs)}" if pngs else "plots skipped: matplotlib is not installed "
-          "(pip install matplotlib to get them)")
+          "(pip install 'omni-onnx[bench]' to get them)")
     print(f"written to {a.out}")
     return 0
 

@@ -8,7 +8,6 @@ import time
 from importlib import metadata
 
 
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -15,8 +15,16 @@ from pathlib import Path
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set so far. Linux: VmHWM, the high-water mark of this address space; ru_maxrss
+    would also carry the parent's resident set at fork time across exec (a torch-laden omni-bench's, here)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
 
 
 def disk_sizes(bundle: Path) -> dict:
@@ -28,17 +36,22 @@ def disk_sizes(bundle: Path) -> dict:
 
 
 def one_turn(bundle: Path, max_new_tokens: int, threads: int) -> dict:
-    """Load the bundle and answer one text question with speech, greedy; the peak RSS after each stage."""
+    """Load every graph of the bundle and answer one question greedily with speech, as `omni-run --audio` does (the
+    spoken eval question when the bundle has a speech encoder, else its text); the peak RSS after each stage."""
     from omni_onnx.generate import GenerationOptions
     from omni_onnx.model import Conversation, OmniModel
     from omni_onnx.session import SessionOptions
 
+    from .latency import QUESTION, SPOKEN_QUESTION
+
     model = OmniModel.load(bundle, SessionOptions(threads=threads))
     loaded = peak_rss_mb()
-    for _ in Conversation(model).respond("Why is the sky blue?", GenerationOptions(max_new_tokens, greedy=True),
-                                         decode_audio=model.mimi is not None):
+    spoken = model.speech is not None
+    for _ in Conversation(model).respond(None if spoken else QUESTION, GenerationOptions(max_new_tokens, greedy=True),
+                                         decode_audio=model.mimi is not None,
+                                         audio=SPOKEN_QUESTION if spoken else None):
         pass
-    return {"peak_rss_after_load_mb": loaded, "peak_rss_turn_mb": peak_rss_mb()}
+    return {"peak_rss_after_load_mb": loaded, "peak_rss_turn_mb": peak_rss_mb(), "spoken_question": spoken}
 
 
 def measure(bundle: Path, max_new_tokens: int, threads: int) -> dict:

@@ -4,7 +4,9 @@ The model answers each eval question in text and in speech; SenseVoice (the bund
 the speech, and the CER is the character edit distance between the normalised text and the normalised transcript
 over the text's length. The paper's table reports the mean over prompts ("Avg CER"); the corpus figure (all edits
 over all characters) is given beside it. With random weights both are meaningless, so the report names the weights.
-Voice-cloning similarity needs a CAM++ speaker encoder, which no bundle has yet: it is reported as not available.
+Voice-cloning similarity: the model answers each question in voice-clone mode with a bundle voice (its reference
+codes and CAM++ embedding), the bundle's CAM++ graph embeds the speech at 16 kHz, and the figure is the mean cosine
+between that and the voice's own embedding; reported as not available when the bundle has no `campplus` graph.
 """
 
 from __future__ import annotations
@@ -63,26 +65,47 @@ def eval_questions(path: Path = QUESTIONS) -> list[Question]:
     return [Question(*r[:3]) for r in rows if len(r) >= 3 and r[0].startswith("audio-")]
 
 
-def consistency(model, questions: list[Question], max_new_tokens: int, progress=None) -> dict:
-    """Answer each question (greedy, text prompt), transcribe the speech at 16 kHz, score text vs transcript."""
-    from omni_onnx.generate import GenerationOptions
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors (float64 accumulation); a zero vector has no direction, so it is refused."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"cosine of vectors of different sizes {a.size} and {b.size}")
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        raise ValueError("cosine is undefined for a zero vector")
+    return float(a @ b / (na * nb))
+
+
+def answer(model, text: str, opts, voice: str | None = None) -> tuple[str, np.ndarray | None]:
+    """One greedy turn (`voice`: eval_omni's voice-clone mode): (the reply text, its speech at 16 kHz or None)."""
     from omni_onnx.model import AudioChunk, Conversation, TurnEnd
     from omni_onnx.speech import resample
 
+    pcm, reply = [], ""
+    for ev in Conversation(model, voice=voice).respond(text, opts):
+        if isinstance(ev, AudioChunk):
+            pcm.append(ev.pcm)
+        elif isinstance(ev, TurnEnd):
+            reply = ev.text
+    if not pcm:
+        return reply, None
+    return reply, resample(np.concatenate(pcm).astype(np.float64), model.sample_rate).astype(np.float32)
+
+
+def consistency(model, questions: list[Question], max_new_tokens: int, progress=None) -> dict:
+    """Answer each question (greedy, text prompt), transcribe the speech at 16 kHz, score text vs transcript.
+    Not available (a note, no figures) without a speech encoder and a Mimi decoder."""
+    from omni_onnx.generate import GenerationOptions
+
     if model.speech is None or model.mimi is None:
-        raise ValueError("the quality suite needs a bundle with the speech encoder and the Mimi decoder "
-                         "(export with --sensevoice and --mimi)")
+        return {"cer_mean": None, "cer_corpus": None, "scored": 0, "prompts": len(questions), "paper": PAPER,
+                "note": "not available: the bundle needs the speech encoder and the Mimi decoder "
+                        "(export with --sensevoice and --mimi)"}
     rows, edits, chars = [], 0, 0
     opts = GenerationOptions(max_new_tokens=max_new_tokens, greedy=True)
     for q in questions:
-        pcm, reply = [], ""
-        for ev in Conversation(model).respond(q.text, opts):
-            if isinstance(ev, AudioChunk):
-                pcm.append(ev.pcm)
-            elif isinstance(ev, TurnEnd):
-                reply = ev.text
+        reply, wav = answer(model, q.text, opts)
         row = {"question": q.text, "language": q.language, "text": reply, "transcript": None, "cer": None}
-        wav = resample(np.concatenate(pcm).astype(np.float64), model.sample_rate).astype(np.float32) if pcm else None
         if wav is not None and normalise(reply):
             row["transcript"] = model.speech.transcribe(wav)
             e, n = char_errors(reply, row["transcript"])
@@ -94,5 +117,30 @@ def consistency(model, questions: list[Question], max_new_tokens: int, progress=
     return {"cer_mean": float(np.mean(scored)) if scored else None,
             "cer_corpus": edits / chars if chars else None,
             "scored": len(scored), "prompts": len(rows),
-            "similarity": None, "similarity_note": "not available: needs a CAM++ speaker encoder (not exported yet)",
             "paper": PAPER, "max_new_tokens": max_new_tokens, "samples": rows}
+
+
+def voice_similarity(model, questions: list[Question], voice: str | None, max_new_tokens: int,
+                     progress=None) -> dict:
+    """The paper's cloning similarity: each question answered in `voice` (default: the bundle's first), the speech
+    embedded by the bundle's CAM++ at 16 kHz, cosine with the voice's stored embedding; mean over prompts.
+    Returns {"similarity": None, "note": why} when the bundle cannot measure it."""
+    from omni_onnx.generate import GenerationOptions
+
+    if not model.bundle.has_graph("campplus"):
+        return {"similarity": None, "note": "not available: the bundle has no CAM++ speaker encoder (campplus)"}
+    voice = voice or next(iter(model.bundle.voices), None)
+    if voice is None:
+        return {"similarity": None, "note": "not available: the bundle has no voices to clone"}
+    target = model.voice(voice).spk_emb
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, greedy=True)
+    rows = []
+    for q in questions:
+        _, wav = answer(model, q.text, opts, voice)
+        rows.append({"question": q.text, "similarity": None if wav is None else
+                     cosine(target, model.speaker.embed(wav))})
+        if progress is not None:
+            progress()
+    scored = [r["similarity"] for r in rows if r["similarity"] is not None]
+    return {"similarity": float(np.mean(scored)) if scored else None, "voice": voice, "scored": len(scored),
+            "prompts": len(rows), "samples": rows}

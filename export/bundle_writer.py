@@ -31,7 +31,7 @@ def copy_tokenizer(out: Path) -> list[str]:
 def write_manifest(out: Path, cfg: ModelConfig, graphs: dict[str, tuple[Path, GraphSpec]], files: list[str],
                    voices: list[str], source: dict[str, Any], sections: dict[str, Any]) -> Path:
     """Graphs and files are given relative to `out`; their sha256 are computed here. `sections`: the optional
-    graphs' settings (mimi, vision, speech), each null when that graph is absent."""
+    graphs' settings (mimi, vision, speech) and the static shapes, each null when that graph is absent."""
     manifest = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "package_version": __version__,
@@ -39,7 +39,7 @@ def write_manifest(out: Path, cfg: ModelConfig, graphs: dict[str, tuple[Path, Gr
         "exporter": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "source": source,
         "config": cfg.to_dict(),
-        **{k: sections.get(k) for k in ("mimi", "vision", "speech")},
+        **{k: sections.get(k) for k in ("mimi", "vision", "speech", "static")},
         "graphs": {name: {"file": path.name, "sha256": sha256_file(out / path.name), "contract": spec.to_dict()}
                    for name, (path, spec) in graphs.items()},
         "files": {rel: sha256_file(out / rel) for rel in files},

@@ -18,8 +18,9 @@ import torch
 
 from omni_onnx.bundle import MANIFEST, default_bundle_dir, sha256_file
 from omni_onnx.config import FULL, TINY
-from omni_onnx.contracts import GraphSpec, talker_spec, thinker_spec
+from omni_onnx.contracts import GraphSpec, StaticShape, talker_spec, thinker_spec
 from omni_onnx.image import PREPROCESSOR_FILE
+from omni_onnx.quant.recipes import RECIPES
 
 from . import talker, thinker
 from .bundle_writer import copy_tokenizer, write_manifest
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mimi", type=Path, help="Hugging Face Mimi folder (kyutai/mimi); without it no speech audio")
     p.add_argument("--siglip", type=Path, help="SigLIP2 vision folder (siglip2-base-p32-256-ve): image input")
     p.add_argument("--sensevoice", type=Path, help="funasr SenseVoiceSmall folder: speech input and transcripts")
+    p.add_argument("--campplus", type=Path, help="CAM++ campplus_cn_common.pt: speaker embeddings; with --mimi also "
+                                                 "the Mimi encoder, for omni-voices add (voice cloning)")
     p.add_argument("--voices", type=Path, nargs="*", default=[RELEASED_VOICES],
                    help="voices.pt files or folders of .npz voices (default: the 12 released presets)")
     p.add_argument("--out", type=Path, default=default_bundle_dir(), help="bundle folder to write")
@@ -47,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hub-mirror", type=Path, help="with --from-hub: a local folder laid out as <owner>/<name>/")
     p.add_argument("--demo-size", choices=("tiny", "full"), default="tiny", help="with --demo: model size")
     p.add_argument("--skip-verify", action="store_true", help="skip the torch-vs-onnxruntime parity checks")
+    p.add_argument("--precision", choices=("fp32", *RECIPES), default="fp32",
+                   help="quantize the written bundle in place with this omni-quant recipe (int4: Thinker+Talker)")
+    p.add_argument("--static", action="store_true",
+                   help="fixed-shape Thinker/Talker graphs (no symbolic dim: NPUs, mobile); no speech encoder yet")
+    p.add_argument("--context", type=int, default=1024, help="with --static: KV buffer capacity in positions")
+    p.add_argument("--prefill-chunk", type=int, default=32,
+                   help="with --static: positions per prefill call (1: no prefill graphs, decode graphs only)")
+    p.add_argument("--ort", action="store_true",
+                   help="convert the graphs to ORT format, with the required-operators config and onnxruntime's "
+                        "mobile usability report")
     return p
 
 
@@ -58,6 +71,7 @@ class Sources:
     siglip: Path | None = None
     sensevoice: Path | None = None
     voices: tuple[Path, ...] = (RELEASED_VOICES,)
+    campplus: Path | None = None
 
 
 @dataclass
@@ -80,6 +94,13 @@ def add_llm(parts: BundleParts, model, t0: float) -> None:
         if parts.verify:
             mod.verify(model, path)
         parts.add(name, path, spec(model.cfg), t0)
+
+
+def add_static_llm(parts: BundleParts, model, shape: StaticShape, t0: float) -> None:
+    from .static_graphs import export_static
+    for name, (path, spec) in export_static(model, shape, parts.work, parts.verify).items():
+        parts.add(name, path, spec, t0)
+    parts.sections["static"] = shape.to_dict()
 
 
 def add_mimi(parts: BundleParts, folder: Path, t0: float) -> None:
@@ -134,8 +155,43 @@ def add_speech(parts: BundleParts, folder: Path, model, t0: float) -> None:
                                 "feature_dim": encoder.cfg.input_size}
 
 
-def export_bundle(sources: Sources, out: Path, verify: bool = True) -> Path:
-    """Export every graph into a fresh folder, then move it into place, so a failed export leaves no half bundle."""
+def add_vad(parts: BundleParts, t0: float) -> None:
+    """Silero VAD for `omni-run --mic`, from the silero-vad package (released weights, MIT licence note)."""
+    from .vad import write_vad
+    path, spec, licence = write_vad(parts.work)
+    parts.add("vad", path, spec, t0)
+    parts.files.append(licence)
+
+
+def add_cloning(parts: BundleParts, mimi_folder: Path | None, campplus_path: Path, t0: float) -> None:
+    """CAM++ (speaker embeddings) and, given the Mimi folder, the whole-clip Mimi encoder: together they turn a
+    recording into a voice (runtime/cloning.py). The encoder is exported only here, since nothing else needs it."""
+    from omni_onnx.contracts import campplus_spec, mimi_encoder_spec
+
+    from . import campplus, mimi_encoder
+    from .mimi_decoder import load_mimi
+    model = campplus.load_campplus(campplus_path)
+    path = campplus.export(model, parts.work / "campplus.onnx")
+    if parts.verify:
+        campplus.verify(model, path)
+    parts.add("campplus", path, campplus_spec(), t0)
+    if mimi_folder is None:
+        log.warning("--campplus without --mimi: speaker embeddings only, no voice cloning (it needs the Mimi encoder)")
+        return
+    mimi = load_mimi(mimi_folder)
+    path = mimi_encoder.export(mimi, parts.work / "mimi_encoder.onnx")
+    if parts.verify:
+        mimi_encoder.verify(mimi, path)
+    parts.add("mimi_encoder", path, mimi_encoder_spec(), t0)
+
+
+def export_bundle(sources: Sources, out: Path, verify: bool = True, static: StaticShape | None = None,
+                  ort: bool = False) -> Path:
+    """Export every graph into a fresh folder, then move it into place, so a failed export leaves no half bundle.
+    `static`: fixed-shape Thinker/Talker; `ort`: graphs converted to ORT format (export/ort_format.py)."""
+    if static is not None and (sources.sensevoice is not None or sources.campplus is not None):
+        raise ValueError("--static does not cover the speech and speaker encoders yet (their frame count varies "
+                         "with the clip); export the static bundle without --sensevoice and --campplus")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ValueError(f"{out} exists and is not a bundle; choose an empty or new --out folder")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,22 +200,32 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True) -> Path:
         t0 = time.perf_counter()
         model = load_model(sources.checkpoint)
         parts = BundleParts(work, verify)
-        add_llm(parts, model, t0)
+        if static is None:
+            add_llm(parts, model, t0)
+        else:
+            add_static_llm(parts, model, static, t0)
         if sources.mimi is not None:
             add_mimi(parts, sources.mimi, t0)
         if sources.siglip is not None:
             add_vision(parts, sources.siglip, model, t0)
         if sources.sensevoice is not None:
             add_speech(parts, sources.sensevoice, model, t0)
+        if sources.campplus is not None:
+            add_cloning(parts, sources.mimi, sources.campplus, t0)
+        if static is None:  # the released VAD file branches on its input and keeps a symbolic sample axis
+            add_vad(parts, t0)
         parts.files += copy_tokenizer(work)
         voices = write_voices(list(sources.voices), work / "voices")
         parts.files += [f"voices/{v}.npz" for v in voices]
         source = {k: (v.name if isinstance(v, Path) else v) for k, v in
                   (("checkpoint", sources.checkpoint), ("mimi", sources.mimi), ("siglip", sources.siglip),
-                   ("sensevoice", sources.sensevoice))}
+                   ("sensevoice", sources.sensevoice), ("campplus", sources.campplus))}
         if sources.checkpoint.is_file():
             source["checkpoint_sha256"] = sha256_file(sources.checkpoint)
         write_manifest(work, model.cfg, parts.graphs, parts.files, voices, source, parts.sections)
+        if ort:
+            from .ort_format import convert_bundle
+            convert_bundle(work)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -170,18 +236,23 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True) -> Path:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool) -> Path:
-    """Random weights written in the released formats, then exported like a real checkpoint."""
+def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, static: StaticShape | None = None,
+                ort: bool = False) -> Path:
+    """Random weights written in the released formats, then exported like a real checkpoint (a static bundle
+    without the speech and speaker encoders, which have no static form yet)."""
     from .random_checkpoint import write_random_pth
     from .random_mimi import write_random_mimi
+    from .random_campplus import write_random_campplus
     from .random_sensevoice import write_random_sensevoice
     from .random_siglip import write_random_siglip
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_random_pth(Path(tmp) / "sft_omni_768.pth", FULL if size == "full" else TINY, seed=0)
         mimi = write_random_mimi(Path(tmp) / "mimi", size=size, seed=0)
         siglip = write_random_siglip(Path(tmp) / "siglip2-base-p32-256-ve", size=size, seed=0)
-        sensevoice = write_random_sensevoice(Path(tmp) / "SenseVoiceSmall", size=size, seed=0)
-        return export_bundle(Sources(ckpt, mimi, siglip, sensevoice, tuple(voice_files)), out, verify)
+        sensevoice = None if static else write_random_sensevoice(Path(tmp) / "SenseVoiceSmall", size=size, seed=0)
+        campplus = None if static else write_random_campplus(Path(tmp) / "campplus" / "campplus_cn_common.pt", seed=0)
+        return export_bundle(Sources(ckpt, mimi, siglip, sensevoice, tuple(voice_files), campplus), out, verify,
+                             static, ort)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,17 +260,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
+        if args.ort and args.precision != "fp32":  # the quantizer reads .onnx graphs, --ort replaces them
+            raise ValueError("--ort and --precision cannot be combined yet; export with one of them")
+        static = StaticShape(args.context, args.prefill_chunk) if args.static else None
         if args.demo:
-            out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify)
+            out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify, static, args.ort)
         elif args.from_hub:
             r = fetch_release(HubSource(args.hub_mirror), args.moe)
-            out = export_bundle(Sources(r.checkpoint, r.mimi, r.siglip, r.sensevoice, tuple(args.voices)), args.out,
-                                not args.skip_verify)
+            out = export_bundle(Sources(r.checkpoint, r.mimi, r.siglip, None if static else r.sensevoice,
+                                        tuple(args.voices), args.campplus), args.out, not args.skip_verify, static,
+                                args.ort)
         else:
             if not args.checkpoint.exists():
                 raise ValueError(f"checkpoint {args.checkpoint} does not exist")
-            out = export_bundle(Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices)),
-                                args.out, not args.skip_verify)
+            out = export_bundle(Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
+                                        args.campplus), args.out, not args.skip_verify, static, args.ort)
+        if args.precision != "fp32":
+            from omni_onnx.quant.cli import quantize_in_place
+            from omni_onnx.session import SessionOptions
+            out = quantize_in_place(out, args.precision, SessionOptions())
     except ValueError as e:
         print(f"omni-export: error: {e}", file=sys.stderr)
         return 1

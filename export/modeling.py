@@ -68,7 +68,7 @@ def rope_cos_sin(inv_freq: Tensor, start: int | Tensor, length: int | Tensor) ->
 
     Computed on the fly (same fp32 products as upstream's precomputed table) so graphs carry no 25 MB table.
     """
-    angles = torch.arange(start, start + length, device=inv_freq.device).float()[:, None] * inv_freq[None, :]
+    angles = (start + torch.arange(length, device=inv_freq.device)).float()[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -83,7 +83,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def causal_mask(seq: int | Tensor, device: torch.device) -> Tensor:
     """Additive mask [seq, seq] among the new positions (every cached position is visible to all of them)."""
     rows = torch.arange(seq, device=device)
-    return torch.where(rows[None, :] > rows[:, None], float("-inf"), 0.0)
+    # masked_fill keeps the zeros' float32 (a traced torch.where on Python floats is float64 in the graph)
+    return torch.zeros(seq, seq, device=device).masked_fill(rows[None, :] > rows[:, None], float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class StackContext:
     cos: Tensor  # [seq, head_dim]
     sin: Tensor
     mask: Tensor  # [seq, 1, seq]: broadcasts over (kv head, position, rep, new column)
+    stale: Tensor | None = None  # bool [past_seq], True = cache slot not filled yet (static graphs' fixed buffer)
 
     @classmethod
     def build(cls, inv_freq: Tensor, past_seq: int | Tensor, seq: int | Tensor) -> StackContext:
@@ -132,6 +134,8 @@ class Attention(nn.Module):
         if past is not None:
             pk, pv = past[0].flatten(0, 1), past[1].flatten(0, 1)  # [past_seq, kv_heads, d]
             old = (torch.matmul(qg, pk.permute(1, 2, 0)) / scale).view(kvh, t, rep, -1)
+            if ctx.stale is not None:
+                old = old.masked_fill(ctx.stale, float("-inf"))
             scores = torch.cat([old, scores], dim=-1)
         probs = F.softmax(scores.float(), dim=-1).type_as(q)  # [kv_heads, seq, rep, past_seq+seq]
         p = probs.shape[-1] - t
@@ -185,9 +189,11 @@ class Block(nn.Module):
 
 
 def run_blocks(layers: nn.ModuleList, x: Tensor, inv_freq: Tensor, past: list[KV] | None,
-               tap: int = -1) -> tuple[Tensor, Tensor, list[KV]]:
-    """Run a block stack from position past_seq on. Returns (output, output of layer `tap` (x if none), new KV)."""
-    ctx = StackContext.build(inv_freq, past[0][0].shape[1] if past else 0, x.shape[1])
+               tap: int = -1, ctx: StackContext | None = None) -> tuple[Tensor, Tensor, list[KV]]:
+    """Run a block stack from position past_seq on (or as `ctx` says). Returns (output, output of layer `tap` (x if
+    none), new KV)."""
+    if ctx is None:
+        ctx = StackContext.build(inv_freq, past[0][0].shape[1] if past else 0, x.shape[1])
     tapped, new = x, []
     for i, layer in enumerate(layers):
         x, kv = layer(x, ctx, past[i] if past else None)

@@ -1,5 +1,5 @@
-"""omni-quant: write an int8 copy of a bundle (graphs quantized per recipe, side files unchanged, fresh manifest),
-and with --report a fidelity report (JSON + Markdown) of the copy against its source."""
+"""omni-quant: write an int8 (or int4) copy of a bundle (graphs quantized per recipe, side files unchanged, fresh
+manifest), and with --report a fidelity report (JSON + Markdown) of the copy against its source."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 from omni_onnx.bundle import MANIFEST, Bundle, sha256_file
 from omni_onnx.errors import OmniError
 from omni_onnx.model import OmniModel
@@ -20,7 +21,7 @@ from omni_onnx.session import SessionOptions
 
 from .dynamic_int8 import quantize_graph
 from .fidelity import fidelity
-from .recipes import RECIPES, Recipe
+from .recipes import INT4_MATMUL, KEEP, RECIPES, Recipe
 
 log = logging.getLogger("omni-quant")
 REPORT = "quant_report"
@@ -51,7 +52,11 @@ def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions
         manifest: dict[str, Any] = json.loads(json.dumps(src.manifest))
         for name, entry in manifest["graphs"].items():
             t0, graph = time.perf_counter(), recipe.for_graph(name)
-            dst = quantize_graph(src.graph_path(name), work / entry["file"], graph, src.specs[name], opts)
+            dst = work / entry["file"]
+            if graph.method == KEEP:  # graphs the recipe does not name (the VAD, ...) are copied unchanged
+                shutil.copyfile(src.graph_path(name), dst)
+            else:
+                quantize_graph(src.graph_path(name), dst, graph, src.specs[name], opts)
             entry.update(sha256=sha256_file(dst), precision=graph.precision, recipe=graph.to_dict())
             log.info("%s: %s, %.1f -> %.1f MB (%.1f s)", name, graph.precision,
                      src.graph_path(name).stat().st_size / 1e6, dst.stat().st_size / 1e6, time.perf_counter() - t0)
@@ -60,7 +65,12 @@ def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions
             shutil.copyfile(src.root / rel, work / rel)
             manifest["files"][rel] = sha256_file(work / rel)
         manifest["quantization"] = {"recipe": recipe.name, "from_bundle_created": src.manifest.get("created"),
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "onnxruntime": ort.__version__}
+        if any(recipe.for_graph(name).method == INT4_MATMUL for name in manifest["graphs"]):
+            # int8 graphs saved by onnxruntime 1.32 load and agree in 1.20 (the package's floor); the MatMulNBits
+            # graphs its quantizer writes do not ("invalid model"), so an int4 bundle asks for the writer's version
+            manifest["quantization"]["min_onnxruntime"] = ".".join(ort.__version__.split(".")[:2])
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         Bundle.open(work)  # the new manifest and checksums read back
         if out.exists():
@@ -70,6 +80,15 @@ def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def quantize_in_place(root: Path, recipe_name: str, opts: SessionOptions) -> Path:
+    """Replace the bundle at `root` by its `recipe_name` copy (omni-export --precision)."""
+    tmp = root.with_name(f"{root.name}.{recipe_name}")
+    quantize_bundle(Bundle.open(root), RECIPES[recipe_name], tmp, opts)
+    shutil.rmtree(root)
+    tmp.rename(root)
+    return root
 
 
 def bundle_mb(b: Bundle) -> float:
@@ -97,9 +116,12 @@ def markdown(r: dict[str, Any]) -> str:
     for name, g in r["graphs"].items():
         head = f"{name} | {g['precision']} | {g['mb']} ({g['fp32_mb']})"
         if name not in r["outputs"]:
-            lines.append(f"| {head} | audio (see below) | | |")
+            what = "audio (see below)" if name == "mimi_decoder" else "not compared (copied unchanged)"
+            lines.append(f"| {head} | {what} | | |")
         for k, (out, c) in enumerate(r["outputs"].get(name, {}).items()):
-            lines.append(f"| {head if k == 0 else ' | | '} | {out} | {c['cosine']:.6f} | {c['max_abs']:.3g} |")
+            measured = (f"{c['cosine']:.6f} | {c['max_abs']:.3g}" if "cosine" in c else
+                        f"{c['agreement']:.3f} of the codes equal | ")
+            lines.append(f"| {head if k == 0 else ' | | '} | {out} | {measured} |")
     lines += ["", f"Teacher-forced top-1 agreement over {tf['steps']} steps ({len(tf['prompts'])} prompts): "
               f"text {tf['text_top1']:.3f}, codebooks " + ", ".join(f"{x:.3f}" for x in tf["codebook_top1"]), "",
               f"Free-running greedy ({fr['max_new_tokens']} steps, \"{fr['prompt']}\"): text ids {fr['text_ids']:.3f}, "

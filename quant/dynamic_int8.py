@@ -1,7 +1,9 @@
-"""The int8 pass for one graph: dynamic (per-run activation scales) int8 weights on the recipe's operators, then
-onnxruntime's portable graph optimizations saved into the file so loading does not redo them.
+"""The quantization pass for one graph: for an int4 recipe first 4-bit MatMulNBits weights (int4.py), then dynamic
+(per-run activation scales) int8 weights on the recipe's remaining operators, onnxruntime's portable graph
+optimizations saved into the file so loading does not redo them, int8 lookup tables (gather_int8.py) and fp16
+storage of the remaining large fp32 weights (fp16_storage.py).
 
-Graph inputs and outputs are untouched by both steps; the result is checked against the graph's contract before
+Graph inputs and outputs are untouched by every step; the result is checked against the graph's contract before
 it is accepted, and the offline optimization is dropped (with a warning) if it would change the contract.
 """
 
@@ -13,12 +15,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 from omni_onnx.contracts import ContractError, GraphSpec
 from omni_onnx.session import SessionOptions, check_contract, make_session, ort_session_options
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from .recipes import DYNAMIC_INT8, GraphRecipe
+from .fp16_storage import store_fp16
+from .gather_int8 import quantize_gathers
+from .int4 import matmul_nbits
+from .recipes import INT4_MATMUL, GraphRecipe
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +41,11 @@ def optimize_offline(src: Path, dst: Path, opts: SessionOptions) -> None:
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
                    opts: SessionOptions) -> Path:
     """Write `src` quantized by `recipe` to `dst`, keeping `spec` (the graph's contract)."""
-    if recipe.method != DYNAMIC_INT8:
-        shutil.copyfile(src, dst)
-        return dst
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         q = Path(tmp) / "quantized.onnx"
+        if recipe.method == INT4_MATMUL:
+            matmul_nbits(src, Path(tmp) / "int4.onnx", recipe.block_size, recipe.accuracy_level)
+            src = Path(tmp) / "int4.onnx"
         quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
                          weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
         if recipe.optimize_offline:
@@ -51,6 +57,13 @@ def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
             except ContractError as e:
                 log.warning("%s: offline optimization changed the contract (%s); keeping the unoptimized graph",
                             spec.graph, e)
+        # after the offline optimization: a table tied to a fused int8 MatMul is then shared with it, and the
+        # fp16 weights' Casts are not folded back into fp32
+        model = onnx.load(q)
+        changed = quantize_gathers(model) if recipe.int8_tables else []
+        changed += store_fp16(model) if recipe.fp16_storage else []
+        if changed:
+            onnx.save(model, q)
         shutil.move(q, dst)
     check_contract(make_session(dst, opts), spec)
     return dst

@@ -19,11 +19,14 @@ from omni_onnx.dump import CodeDump
 from omni_onnx.generate import GenerationOptions, ModelState, Speaker, Stepper, generate, prompt_codes
 from omni_onnx.model import OmniModel
 from omni_onnx.prompt import Message
+from omni_onnx.speaker import log_mel
 
 PROMPTS = ("Why is the sky blue?", "Describe a cup of coffee in one sentence.", "Count from one to five.")
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    if np.issubdtype(ref.dtype, np.integer):  # codes: how many are the same
+        return {"agreement": round(float(np.mean(ref == got)), 6)}
     a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     cos = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
@@ -74,6 +77,10 @@ def graph_feeds(m: OmniModel) -> dict[str, dict[str, np.ndarray]]:
     if m.vision is not None:
         size = int(m.bundle.manifest["vision"]["image_size"])
         feeds["vision"] = {"pixel_values": smooth_image(size)}
+    if m.speaker is not None:
+        feeds["campplus"] = {"features": log_mel(voiced_sound())[None]}
+    if m.cloner is not None:
+        feeds["mimi_encoder"] = {"audio": voiced_sound(rate=m.sample_rate)[None, None]}
     return feeds
 
 
@@ -84,6 +91,10 @@ def graph_outputs(ref: OmniModel, quant: OmniModel) -> dict[str, dict[str, dict[
         sessions["audio_projector"] = (ref.audio_projector, quant.audio_projector)
     if ref.vision is not None and quant.vision is not None:
         sessions["vision"] = (ref.vision, quant.vision)
+    if ref.speaker is not None and quant.speaker is not None:
+        sessions["campplus"] = (ref.speaker.session, quant.speaker.session)
+    if ref.cloner is not None and quant.cloner is not None:
+        sessions["mimi_encoder"] = (ref.cloner.mimi_encoder, quant.cloner.mimi_encoder)
     result = {}
     for name, feeds in graph_feeds(ref).items():
         a, b = (s.run(feeds) for s in sessions[name])

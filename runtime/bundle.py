@@ -2,6 +2,7 @@
 
 manifest.json keys: format_version, package_version, config (ModelConfig), mimi (MimiDims or null),
 vision ({image_size} or null), speech ({vocab_size, output_size, feature_dim} or null),
+static ({context, prefill_chunk}: fixed-shape Thinker/Talker graphs, see contracts.StaticShape; absent or null),
 graphs {name: {file, sha256, contract}}, files {relative path: sha256} (tokenizer, voices), voices [names],
 source {what the bundle was exported from}, generation (default options).
 """
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+
 from . import BUNDLE_FORMAT_VERSION
 from .config import ModelConfig
-from .contracts import (GraphSpec, MimiDims, audio_projector_spec, mimi_decoder_spec, sensevoice_spec, talker_spec,
-                        thinker_spec, vision_spec)
+from .contracts import (GraphSpec, MimiDims, StaticShape, audio_projector_spec, campplus_spec, mimi_decoder_spec,
+                        mimi_encoder_spec, sensevoice_spec, silero_vad_spec, talker_spec, thinker_spec, vision_spec)
 from .errors import BundleError
 
 MANIFEST = "manifest.json"
@@ -43,6 +46,8 @@ def sha256_file(path: Path) -> str:
 def expected_specs(cfg: ModelConfig, manifest: dict[str, Any]) -> dict[str, GraphSpec]:
     """The contracts this version of the code drives, for a bundle with this config and optional sections."""
     specs = {"thinker": thinker_spec(cfg), "talker": talker_spec(cfg)}
+    if manifest.get("static") is not None:  # fixed-shape Thinker/Talker (omni-export --static)
+        specs = StaticShape.from_dict(manifest["static"]).specs(cfg)
     if manifest.get("mimi") is not None:
         specs["mimi_decoder"] = mimi_decoder_spec(MimiDims.from_dict(manifest["mimi"]))
     if manifest.get("vision") is not None:
@@ -51,6 +56,13 @@ def expected_specs(cfg: ModelConfig, manifest: dict[str, Any]) -> dict[str, Grap
         sp = manifest["speech"]
         specs["sensevoice"] = sensevoice_spec(int(sp["vocab_size"]), int(sp["output_size"]), int(sp["feature_dim"]))
         specs["audio_projector"] = audio_projector_spec(cfg)
+    graphs = manifest.get("graphs", {})
+    if "mimi_encoder" in graphs:  # voice cloning; fixed I/O (the released Mimi and CAM++), so no manifest section
+        specs["mimi_encoder"] = mimi_encoder_spec()
+    if "campplus" in graphs:
+        specs["campplus"] = campplus_spec()
+    if "vad" in graphs:  # Silero VAD for --mic
+        specs["vad"] = silero_vad_spec()
     return specs
 
 
@@ -87,6 +99,7 @@ class Bundle:
             raise BundleError(f"bundle {root} has an invalid manifest ({e}); re-export it") from None
         bundle = cls(root, manifest, config, specs)
         bundle._check_graph_entries()
+        bundle._check_onnxruntime()
         if verify_checksums:
             bundle._check_files()
         return bundle
@@ -101,6 +114,15 @@ class Bundle:
                 raise BundleError(f"the {name} graph in {self.root} was exported with another contract "
                                   f"(version {entry['contract'].get('version')}, this code needs {spec.version}); "
                                   f"re-export the bundle with this omni-onnx")
+
+    def _check_onnxruntime(self) -> None:
+        """A quantized bundle may name the oldest onnxruntime that loads its graphs (omni-quant writes it for int4:
+        older versions reject its MatMulNBits nodes as an invalid model, which would read as a corrupt file)."""
+        need = (self.manifest.get("quantization") or {}).get("min_onnxruntime")
+        if need and _minor_version(ort.__version__) < _minor_version(need):
+            recipe = self.manifest["quantization"].get("recipe")
+            raise BundleError(f"bundle {self.root} ({recipe}) needs onnxruntime>={need}, but {ort.__version__} is "
+                              f"installed: `pip install -U 'onnxruntime>={need}'`, or use an int8 bundle")
 
     def _check_files(self) -> None:
         """sha256 of every listed file, skipping files whose (size, mtime) match the stamp of an earlier full check:
@@ -130,6 +152,12 @@ class Bundle:
             except OSError:  # a read-only bundle is verified in full at every load
                 pass
 
+    @property
+    def static(self) -> StaticShape | None:
+        """The fixed sizes of a static bundle's Thinker/Talker graphs; None for a dynamic bundle."""
+        section = self.manifest.get("static")
+        return None if section is None else StaticShape.from_dict(section)
+
     def has_graph(self, name: str) -> bool:
         return name in self.specs
 
@@ -142,3 +170,7 @@ class Bundle:
 
     def voice_path(self, name: str) -> Path:
         return self.root / "voices" / f"{name}.npz"
+
+
+def _minor_version(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2])

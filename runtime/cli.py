@@ -17,7 +17,9 @@ from .errors import OmniError
 from .generate import GenerationOptions
 from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
 from .sampling import TextSampling
+from .live_cli import add_arguments as add_live_arguments
 from .session import SessionOptions
+from .user_voices import voice_listing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the spoken answer to this WAV file (24 kHz); in chat mode "
                                             "turn N goes to NAME-N.wav")
     p.add_argument("--play", action="store_true", help="play the answer as it is generated")
-    p.add_argument("--voice", help="speaker preset (see --list-voices); default: the model's own voice")
-    p.add_argument("--list-voices", action="store_true", help="list the bundle's voices and exit")
+    p.add_argument("--voice", help="speaker preset or your cloned voice (see --list-voices; omni-voices add); "
+                                   "default: the model's own voice")
+    p.add_argument("--list-voices", action="store_true", help="list the bundle's presets and your voices, and exit")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, help="seed for reproducible sampling; without it each run differs")
     g.add_argument("--greedy", action="store_true", help="argmax instead of sampling (penalties still apply)")
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-codes", type=Path, help="write prompt ids, text ids, audio codes and frames as JSON")
     p.add_argument("--context", type=int, default=2048, help="KV cache capacity in positions (prompt + answer)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
+    add_live_arguments(p)
     p.add_argument("--version", action="version", version=f"omni-run {__version__}")
     return p
 
@@ -133,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.list_devices:
+            from .audio_io import list_devices
+            print(list_devices())
+            return 0
         if args.list_voices:
-            print("\n".join(Bundle.open(args.bundle, verify_checksums=False).voices))
+            print("\n".join(voice_listing(Bundle.open(args.bundle, verify_checksums=False).voices)))
             return 0
         if args.text is not None and not args.text.strip() and not args.image and args.audio is None:
             raise OmniError("--text is empty; give a question, or leave --text out to chat")
-        for path in (args.out, args.dump_codes):
+        for path in (args.out, args.dump_codes, args.record):
             if path is not None:
                 check_writable(path)
         opts = GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
@@ -146,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         model = OmniModel.load(args.bundle, SessionOptions(threads=args.threads))
         conv = Conversation(model, args.voice, args.context)
         rng = None if args.greedy else np.random.default_rng(args.seed)
+        if args.mic:
+            from .live_cli import run_mic
+            run_mic(conv, args, opts, rng)
+            return 0
         if args.play and model.mimi is None:
             raise OmniError("--play needs a bundle with the Mimi decoder; re-export it with --mimi <folder>")
         player = Player(model.sample_rate, model.mimi.dims.frame_samples) if args.play else None

@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .errors import BundleError
 
 # Every symbolic dim a contract may use.
-DIMS = ("seq", "past_seq", "frames")
+DIMS = ("seq", "past_seq", "frames", "samples")
 
 
 class ContractError(BundleError):
@@ -244,4 +244,116 @@ def sensevoice_spec(vocab_size: int, output_size: int = 512, feature_dim: int = 
             TensorSpec("ctc_logits", "float32", (1, "frames", vocab_size)),
         ),
         atol=1e-4,
+    )
+
+
+def mimi_encoder_spec(num_codebooks: int = 8) -> GraphSpec:
+    """Mimi encoder over a whole clip (voice cloning): 24 kHz audio [1, 1, samples] -> the first `num_codebooks`
+    RVQ codes [1, num_codebooks, frames], frames = ceil(samples / 1920) (the clip is zero-padded to whole frames,
+    as `MimiModel.encode` does). Codes are compared exactly, so atol is 0."""
+    return GraphSpec(
+        graph="mimi_encoder",
+        version=1,
+        inputs=(TensorSpec("audio", "float32", (1, 1, "samples")),),
+        outputs=(TensorSpec("codes", "int64", (1, num_codebooks, "frames")),),
+        atol=0.0,
+    )
+
+
+def campplus_spec(feature_dim: int = 80, embedding_size: int = 192) -> GraphSpec:
+    """CAM++ speaker encoder: mean-normalised log-mel features [1, frames, 80] -> raw speaker embedding [1, 192]
+    (what the Talker's `spk_proj` reads)."""
+    return GraphSpec(
+        graph="campplus",
+        version=1,
+        inputs=(TensorSpec("features", "float32", (1, "frames", feature_dim)),),
+        outputs=(TensorSpec("embedding", "float32", (1, embedding_size)),),
+        atol=1e-4,
+    )
+
+
+@dataclass(frozen=True)
+class StaticShape:
+    """A static bundle's fixed sizes: the KV buffer's capacity and the prefill chunk length (manifest `static`).
+
+    Runtimes for NPUs and mobile accelerators compile a graph for one set of shapes, so the static Thinker/Talker
+    read the whole `context`-slot buffer and take new positions in fixed chunks; `static_spec` derives their
+    contracts from the dynamic ones.
+    """
+
+    context: int
+    prefill_chunk: int
+
+    def __post_init__(self) -> None:
+        if self.context < 16:
+            raise ValueError(f"static context must be at least 16 positions, got {self.context}")
+        if not 1 <= self.prefill_chunk <= self.context:
+            raise ValueError(f"prefill chunk must be in [1, context={self.context}], got {self.prefill_chunk}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StaticShape:
+        return cls(int(d["context"]), int(d["prefill_chunk"]))
+
+    def specs(self, cfg: ModelConfig) -> dict[str, GraphSpec]:
+        """`thinker`/`talker` decode one position per call; `*_prefill` take `prefill_chunk` (absent when 1)."""
+        specs = {}
+        for dynamic in (thinker_spec(cfg), talker_spec(cfg)):
+            specs[dynamic.graph] = static_spec(dynamic, self.context, 1, dynamic.graph)
+            if self.prefill_chunk > 1:
+                name = dynamic.graph + PREFILL_SUFFIX
+                specs[name] = static_spec(dynamic, self.context, self.prefill_chunk, name)
+        return specs
+
+
+PREFILL_SUFFIX = "_prefill"
+
+
+def static_spec(spec: GraphSpec, context: int, chunk: int, graph: str) -> GraphSpec:
+    """The fixed-shape form of a Thinker/Talker contract: `seq` -> `chunk`, `past_seq` -> `context`, plus
+
+    - `position` int64 [1]: cache slots already filled (the chunk's first absolute position); slots at and after
+      it are masked out, so whatever they hold never affects the outputs;
+    - `length` int64 [1]: real positions in the chunk (1..chunk); the rest is padding (any valid ids/codes,
+      features off). Last-position outputs (logits) are taken at `length - 1`; per-position outputs (bridge,
+      present_*) have `chunk` rows of which the caller keeps the first `length`.
+
+    `past_*` are the whole buffers [1, context, kv_heads, head_dim]; the caller writes `present_*[:, :length]` at
+    slots position..position+length-1 (the graph never copies the buffer).
+    """
+    fixed = {"seq": chunk, "past_seq": context}
+
+    def fix(t: TensorSpec) -> TensorSpec:
+        return TensorSpec(t.name, t.dtype, tuple(fixed[d] if isinstance(d, str) else d for d in t.dims))
+
+    past = tuple(fix(t) for t in spec.inputs if t.name.startswith("past_"))
+    rest = tuple(fix(t) for t in spec.inputs if not t.name.startswith("past_"))
+    where = (TensorSpec("position", "int64", (1,)), TensorSpec("length", "int64", (1,)))
+    return GraphSpec(graph, spec.version, rest + where + past, tuple(fix(t) for t in spec.outputs), spec.atol)
+
+
+VAD_CHUNK = 512  # samples per Silero VAD (v5+) step at 16 kHz
+VAD_CONTEXT = 64  # samples of the previous chunk prepended to each step
+
+
+def silero_vad_spec() -> GraphSpec:
+    """The `silero-vad` package's `silero_vad.onnx` (v5+, 16 kHz) with contract names put on at export: one 32 ms
+    chunk (after 64 samples of the previous chunk as context) -> speech probability; the recurrent state is explicit.
+    The file is copied, not re-exported: these are the released weights. The sample axis stays symbolic: the file's
+    internal shape annotations do not survive pinning it (runtime feeds VAD_CONTEXT + VAD_CHUNK)."""
+    return GraphSpec(
+        graph="vad",
+        version=1,
+        inputs=(
+            TensorSpec("audio", "float32", (1, "samples")),
+            TensorSpec("past_state", "float32", (2, 1, 128)),
+            TensorSpec("sr", "int64", ()),
+        ),
+        outputs=(
+            TensorSpec("speech_prob", "float32", (1, 1)),
+            TensorSpec("present_state", "float32", (2, 1, 128)),
+        ),
+        atol=0.0,
     )

@@ -147,16 +147,20 @@ class Stepper:
         if feature_embeds is None:
             feature_embeds, feature_mask = self._no_features if t == 1 else (
                 np.zeros((1, t, self.cfg.hidden_size), np.float32), np.zeros((1, t), bool))
-        out = self.thinker.run({"input_ids": ids[None], "feature_embeds": feature_embeds,
-                                "feature_mask": feature_mask, **st.thinker.past_feeds()})
+        out = self._run_graph(self.thinker, st.thinker, {"input_ids": ids[None], "feature_embeds": feature_embeds,
+                                                         "feature_mask": feature_mask})
         spk_mask = (codes[0] == self.cfg.audio_spk_code)[None] & self.has_spk
-        aout = self.talker.run({"bridge": out["bridge"], "codes": codes[None], "spk_mask": spk_mask,
-                                "spk_emb": self.spk_emb, **st.talker.past_feeds()})
+        aout = self._run_graph(self.talker, st.talker, {"bridge": out["bridge"], "codes": codes[None],
+                                                        "spk_mask": spk_mask, "spk_emb": self.spk_emb})
         st.thinker.append(out, t)
         st.talker.append(aout, t)
         st.ids[start:start + t] = np.where(feature_mask[0], FEATURE_ID, ids)
         st.codes[:, start:start + t] = codes
         return out["logits"][0], aout["audio_logits"][0]
+
+    def _run_graph(self, session: GraphSession, cache: KVCache, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph call over the feeds' new positions after the cached ones (static bundles override this)."""
+        return session.run({**feeds, **cache.past_feeds()})
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import Bundle
+from .cloning import VoiceCloner, normalize_voice_name, require_cloning
+from .contracts import PREFILL_SUFFIX
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import ContextFull, GenerationOptions, ModelState, Speaker, Stepper, generate
@@ -17,7 +20,10 @@ from .image import PREPROCESSOR_FILE, ImagePreprocessor, preprocess_image
 from .inject import IMAGE_PAD, prompt_features, user_content
 from .prompt import VOICE_SYSTEM_PROMPT, Message, TextTokenizer
 from .session import GraphSession, SessionOptions
+from .static_step import StaticStepper
+from .speaker import SpeakerEncoder
 from .speech import SpeechEncoder, load_audio
+from .user_voices import user_voice_names, user_voice_path
 from .voices import Voice
 
 
@@ -29,6 +35,9 @@ class OmniModel:
         self.tokenizer = TextTokenizer(bundle.root / "tokenizer.json")
         self.thinker = GraphSession(bundle.graph_path("thinker"), bundle.specs["thinker"], opts)
         self.talker = GraphSession(bundle.graph_path("talker"), bundle.specs["talker"], opts)
+        self.static = bundle.static  # fixed-shape Thinker/Talker: their context is the bundle's
+        self.prefill = {n: self._session(n + PREFILL_SUFFIX, opts) for n in ("thinker", "talker")
+                        if bundle.has_graph(n + PREFILL_SUFFIX)}
         self.mimi = self.vision = self.speech = None
         if bundle.has_graph("mimi_decoder"):
             from .contracts import MimiDims
@@ -42,6 +51,20 @@ class OmniModel:
         if bundle.has_graph("sensevoice"):
             self.speech = SpeechEncoder(self._session("sensevoice", opts), bundle.root)
             self.audio_projector = self._session("audio_projector", opts)
+        self._opts = opts
+
+    @cached_property
+    def speaker(self) -> SpeakerEncoder | None:
+        """CAM++ speaker embeddings (cloning, similarity checks), loaded on first use: a turn never needs them, and
+        with the Mimi encoder they would add ~170 MB to every omni-run (int8, measured)."""
+        return SpeakerEncoder(self._session("campplus", self._opts)) if self.bundle.has_graph("campplus") else None
+
+    @cached_property
+    def cloner(self) -> VoiceCloner | None:
+        """Mimi encoder + CAM++ (`omni-voices add`), loaded on first use."""
+        if self.speaker is None or not self.bundle.has_graph("mimi_encoder"):
+            return None
+        return VoiceCloner.from_bundle(self.bundle, self._opts, self.speaker)
 
     def _session(self, name: str, opts: SessionOptions) -> GraphSession:
         return GraphSession(self.bundle.graph_path(name), self.bundle.specs[name], opts)
@@ -52,11 +75,12 @@ class OmniModel:
             raise OmniError("this bundle has no vision graph; re-export it with --siglip <siglip2-base-p32-256-ve>")
         return self.vision.run({"pixel_values": preprocess_image(path, self.image_prep)})["image_embeds"][0]
 
-    def encode_audio(self, path: Path) -> tuple[np.ndarray, str]:
-        """Speech file -> (Thinker embeddings float32 [frames, hidden], one per `<|audio_pad|>`; its transcript)."""
+    def encode_audio(self, path: Path | np.ndarray) -> tuple[np.ndarray, str]:
+        """Speech file, or 16 kHz mono float32 PCM (a live turn) -> (Thinker embeddings float32 [frames, hidden], one
+        per `<|audio_pad|>`; its transcript)."""
         if self.speech is None:
             raise OmniError("this bundle has no speech encoder; re-export it with --sensevoice <SenseVoiceSmall folder>")
-        wav = load_audio(path)
+        wav = np.asarray(path, np.float32) if isinstance(path, np.ndarray) else load_audio(path)
         rows = self.speech.encode(wav)
         embeds = self.audio_projector.run({"audio_features": rows[None]})["audio_embeds"][0]
         return embeds, self.speech.transcribe(wav)
@@ -71,10 +95,20 @@ class OmniModel:
         return self.mimi.dims.sample_rate if self.mimi is not None else 24000
 
     def voice(self, name: str) -> Voice:
-        if name not in self.bundle.voices:
-            raise OmniError(f"unknown voice {name!r}; available: {', '.join(self.bundle.voices) or 'none'} "
-                            f"(see --list-voices)")
-        return Voice.load(self.bundle.voice_path(name))
+        """A bundle preset, else a user voice (`omni-voices add`); a preset wins when both have the name."""
+        if name in self.bundle.voices:
+            return Voice.load(self.bundle.voice_path(name))
+        if name in user_voice_names():
+            return Voice.load(user_voice_path(name))
+        available = self.bundle.voices + user_voice_names()
+        raise OmniError(f"unknown voice {name!r}; available: {', '.join(available) or 'none'} (see --list-voices; "
+                        f"add your own with omni-voices add NAME recording.wav)")
+
+    def clone_voice(self, audio: np.ndarray, sample_rate: int, name: str) -> Voice:
+        """A recording (int16 or float, mono or [samples, channels]) -> Voice, as upstream's web demo clones; the
+        caller decides whether to keep it (`user_voices.save_user_voice`)."""
+        require_cloning(self.bundle)
+        return self.cloner.clone(audio, sample_rate, normalize_voice_name(name, tuple(self.bundle.voices)))
 
 
 @dataclass(frozen=True)
@@ -102,6 +136,8 @@ class Conversation:
     """One dialogue: KV caches, history and voice. Each `respond` is a turn; later turns reuse the cached prefix."""
 
     def __init__(self, model: OmniModel, voice: str | None = None, context: int = 2048):
+        if model.static is not None:
+            context = model.static.context  # its graphs read exactly this many cache slots
         if context < 16:
             raise ValueError(f"context must be at least 16 positions, got {context}")
         self.model, self.context = model, context
@@ -112,14 +148,18 @@ class Conversation:
             v = model.voice(voice)
             self.speaker = Speaker(v.ref_codes, v.talker_spk_emb())
             self.history.append(Message("system", VOICE_SYSTEM_PROMPT))  # as eval_omni.py's voice-clone mode
-        self.stepper = Stepper(model.config, model.thinker, model.talker, self.state, self.speaker)
+        if model.static is None:
+            self.stepper = Stepper(model.config, model.thinker, model.talker, self.state, self.speaker)
+        else:
+            self.stepper = StaticStepper(model.config, model.thinker, model.talker, self.state, self.speaker,
+                                         model.prefill)
 
     def prompt_ids(self, user_text: str, open_thinking: bool = False) -> list[int]:
         return self.model.tokenizer.chat_ids(self.history + [Message("user", user_text)], open_thinking)
 
     def respond(self, user_text: str | None, opts: GenerationOptions, rng: np.random.Generator | None = None,
                 decode_audio: bool = True, record: CodeDump | None = None,
-                images: tuple[Path, ...] = (), audio: Path | None = None
+                images: tuple[Path, ...] = (), audio: Path | np.ndarray | None = None
                 ) -> Iterator[Transcript | TextDelta | AudioChunk | TurnEnd]:
         """Stream one answer: text deltas as tokens arrive, a 1920-sample chunk per frame. Work happens on iteration.
 
@@ -168,7 +208,20 @@ class Conversation:
             reason = "eos" if steps < opts.max_new_tokens else "length"
         except ContextFull:
             reason = "context"
+        except GeneratorExit:  # closed early (barge-in): the turn enters the history as far as it was generated
+            self._commit(user_text, heard, content, tok.decode(text_ids))
+            raise
         reply = tok.decode(text_ids)
+        self._commit(user_text, heard, content, reply)
+        yield TurnEnd(reply, reason)
+
+    def _commit(self, user_text: str, heard: str, content: str, reply: str) -> None:
         said = " ".join(t for t in (user_text, heard) if t) or content.replace(IMAGE_PAD, "").strip()
         self.history += [Message("user", said), Message("assistant", reply)]
-        yield TurnEnd(reply, reason)
+
+    def amend_last_reply(self, text: str) -> None:
+        """Replace the last answer in the history (an interrupted answer keeps only what the user heard); the next
+        turn recomputes the cache from the first changed position."""
+        if not self.history or self.history[-1].role != "assistant":
+            raise ValueError("there is no answer in the history to amend")
+        self.history[-1] = Message("assistant", text)

@@ -102,3 +102,20 @@ def tiny_eos_checkpoint(tiny_lively_checkpoint, tmp_path_factory) -> tuple[Path,
             if 2 in d.text_ids and len(d.audio_codes[0]) < 64 and d.frames:
                 return path, prompt
     raise RuntimeError("no steering found that reaches EOS and stops; revisit _steer")
+
+
+@pytest.fixture(scope="session")
+def tiny_campplus(tmp_path_factory) -> Path:
+    """A random full-size CAM++ state dict in the released `campplus_cn_common.pt` format (6.85 M parameters)."""
+    from omni_onnx.export.random_campplus import write_random_campplus
+    return write_random_campplus(tmp_path_factory.mktemp("campplus") / "campplus_cn_common.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clone_bundle(tiny_checkpoint, tiny_mimi, tiny_campplus, tmp_path_factory) -> Path:
+    """A tiny bundle that can clone voices (Mimi decoder + encoder, CAM++), exported through the CLI's code path.
+    No vision or speech input and no parity checks, to keep it quick: tiny_bundle checks the LLM and decoder
+    graphs, test_campplus and test_mimi_encoder run the cloning graphs' checks on this bundle's files."""
+    from omni_onnx.export.cli import Sources, export_bundle
+    return export_bundle(Sources(tiny_checkpoint, tiny_mimi, campplus=tiny_campplus),
+                         tmp_path_factory.mktemp("bundles") / "tiny_clone", verify=False)

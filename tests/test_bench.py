@@ -1,4 +1,5 @@
-"""omni-bench: the quick run's JSON schema on tiny bundles, and the CER against hand-computed values."""
+"""omni-bench: the quick run's JSON schema on tiny bundles (every suite, fidelity against our torch reference), and
+CER / cosine similarity against hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omni_onnx.bench import quality
 from omni_onnx.bench.cli import main
+from omni_onnx.bench.fidelity import first_difference
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -33,6 +36,24 @@ def test_cer_hand_computed():
     assert quality.cer("ＡＢＣ", "abc") == 0.0
     with pytest.raises(ValueError, match="empty"):
         quality.cer("。！", "abc")
+
+
+def test_cosine_hand_computed():
+    assert quality.cosine([1, 0], [0, 1]) == 0.0
+    assert quality.cosine([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert quality.cosine([1, 2, 3], [-1, -2, -3]) == pytest.approx(-1.0)
+    assert quality.cosine([3, 4], [4, 3]) == pytest.approx(24 / 25)  # (12 + 12) / (5 * 5)
+    assert quality.cosine(np.float32([1, 1]), np.float32([1, 0])) == pytest.approx(2 ** -0.5)
+    with pytest.raises(ValueError, match="zero"):
+        quality.cosine([0, 0], [1, 0])
+    with pytest.raises(ValueError, match="sizes"):
+        quality.cosine([1, 0], [1, 0, 0])
+
+
+def test_first_difference():
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2
 
 
 def test_eval_questions():
@@ -77,13 +98,20 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
         for s in lat["steps"].values():
             for k in ("ort_prefill", "ort_step"):
                 assert {"median_ms", "p90_ms", "min_ms", "n"} <= set(s[k])
-        assert {"mimi_frame", "sensevoice_3s", "answer"} <= set(lat)
+        assert {"mimi_frame", "sensevoice_3s", "answer", "loop_step"} <= set(lat)
+        assert len(lat["loop_step"]["samples_ms"]) == lat["loop_step"]["n"] == 5
         assert all(lat["answer"][k] is not None for k in lat["answer"])
+        for kind in ("text", "speech"):  # both bundles have Mimi and SenseVoice
+            st = lat["first_audio"][kind]
+            assert st["delay_steps"] == 8 and st["total_ms"] == pytest.approx(
+                st["encoder_ms"] + st["prefill_ms"] + st["delay_steps_ms"] + st["mimi_frame_ms"], rel=1e-9)
+        assert lat["first_audio"]["speech"]["prompt_tokens"] > lat["first_audio"]["text"]["prompt_tokens"]
         mem = b["memory"]
         assert mem["bundle_mb"] > sum(mem["graph_mb"].values()) > 0
         assert mem["peak_rss_turn_mb"] >= mem["peak_rss_after_load_mb"] > 0
         q = b["quality"]
-        assert q["prompts"] == 2 and len(q["samples"]) == 2 and q["similarity"] is None
+        assert q["prompts"] == 2 and len(q["samples"]) == 2
+        assert q["voice_clone"]["similarity"] is None and "campplus" in q["voice_clone"]["note"]
         assert q["paper"]["dense"]["cer"] == 0.0897 and q["paper"]["moe"]["similarity"] == 0.5937
     scored = r["bundles"][1]["quality"]
     assert scored["scored"] == 2 and scored["cer_mean"] is not None and scored["cer_corpus"] is not None
@@ -91,10 +119,11 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
         assert s["cer"] == pytest.approx(quality.cer(s["text"], s["transcript"]))
     for where, x in numbers(r):
         assert math.isfinite(x), where
-        assert x > 0 or where.endswith(("scored", ".cer", "cer_mean", "cer_corpus")), where
+        assert x > 0 or where.endswith(("scored", ".cer", "cer_mean", "cer_corpus", "encoder_ms")), where
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "0.0897" in md and "0.5995" in md and "weights:" in md and "sft_omni_768.pth" in md
-    assert (tmp_path / "step_latency.png").is_file() == _has_matplotlib()
+    for png in ("step_latency.png", "first_audio.png", "precision.png"):
+        assert (tmp_path / png).is_file() == _has_matplotlib()
 
 
 def _has_matplotlib() -> bool:
@@ -103,6 +132,78 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_fidelity_suite(lively_bundle, tiny_lively_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path):
+    """The bundle against our torch modules in the same run: the same greedy text and codes as reference_generate,
+    logits within float error, and every speed figure positive and finite."""
+    assert main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--quick", "--checkpoint",
+                 str(tiny_lively_checkpoint), "--mimi", str(tiny_mimi), "--sensevoice", str(tiny_sensevoice),
+                 "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert r["suites"] == ["fidelity"] and r["machine"]["versions"]["torch"]
+    f = r["bundles"][0]["fidelity"]
+    assert f["reference"]["same_weights"] is True and f["reference"]["siglip"] is None
+    lg, g, sp = f["logits"], f["greedy"], f["speed"]
+    assert lg["positions"] == 17 and lg["text_max_abs"] < 1e-3 * lg["logit_scale"] and lg["audio_max_abs"] < 1e-3
+    assert lg["text_top1"] == lg["codebook_top1"] == 1.0
+    assert g["steps_run"] == 16 and g["frames"] > 0 and g["text_tokens"] > 1
+    assert g["prompt_identical"] and g["text_identical"] and g["codes_identical"] and g["frames_identical"]
+    assert g["first_text_difference"] is None and g["first_code_difference"] is None
+    assert set(sp["steps"]) == {"8", "32"}
+    assert set(sp) == {"steps", "floor", "matmul_gflops", "mimi_frame", "sensevoice_3s", "sensevoice_6s",
+                       "sensevoice_10s"}
+    assert sp["sensevoice_3s"]["gmacs"] < sp["sensevoice_6s"]["gmacs"] < sp["sensevoice_10s"]["gmacs"]
+    for s in sp["steps"].values():
+        assert {"ort_prefill", "torch_prefill", "ort_step", "torch_step"} <= set(s)
+    assert sp["mimi_frame"]["max_abs"] < 1e-4 and sp["sensevoice_3s"]["max_abs"] < 1e-4
+    for where, x in numbers(r):
+        assert math.isfinite(x), where
+        assert x > 0 or where.endswith("max_abs"), where
+    md = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "| greedy loop vs torch reference, 16 steps" in md and "identical |" in md and "ORT / torch" in md
+
+
+def test_fidelity_needs_the_source_checkpoint(lively_bundle, tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--out", str(tmp_path)])
+    assert "give --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the raw tiny checkpoint, not the lively one the bundle came from
+        main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--checkpoint", str(tiny_checkpoint),
+              "--out", str(tmp_path)])
+    assert "pass the checkpoint the bundle was exported from" in capsys.readouterr().err
+
+
+class FakeSpeakerEncoder:
+    """Stands in for the CAM++ graph to pin the figure: records what it is given, returns a fixed vector."""
+
+    def __init__(self, out: np.ndarray):
+        self.out, self.lengths = out, []
+
+    def embed(self, pcm16k: np.ndarray) -> np.ndarray:
+        assert pcm16k.dtype == np.float32 and pcm16k.ndim == 1
+        self.lengths.append(len(pcm16k))
+        return self.out
+
+
+def test_voice_similarity(tiny_bundle, tiny_clone_bundle):
+    from omni_onnx.model import OmniModel
+
+    questions = quality.eval_questions()[:2]
+    assert "campplus" in quality.voice_similarity(OmniModel.load(tiny_bundle), questions, None, 8)["note"]
+    model = OmniModel.load(tiny_clone_bundle)  # Mimi + CAM++ + the released voices
+    res = quality.voice_similarity(model, questions, None, 24)  # the real CAM++ graph
+    assert res["voice"] == model.bundle.voices[0] and res["scored"] == res["prompts"] == 2
+    assert -1 <= res["similarity"] <= 1
+    voice = model.bundle.voices[1]
+    target = model.voice(voice).spk_emb
+    other = np.roll(target, 1)
+    model.speaker = FakeSpeakerEncoder(other)
+    res = quality.voice_similarity(model, questions, voice, 24)
+    expected = float(target @ other / (np.linalg.norm(target) * np.linalg.norm(other)))
+    assert res["voice"] == voice and res["similarity"] == pytest.approx(expected, rel=1e-5)
+    # each answer reached CAM++ at 16 kHz: 1920 samples per 24 kHz frame -> 1280
+    assert len(model.speaker.lengths) == 2 and all(n % 1280 == 0 and n > 0 for n in model.speaker.lengths)
 
 
 def test_bad_suite(tiny_bundle, tmp_path):

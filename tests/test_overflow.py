@@ -1,0 +1,71 @@
+"""The context-overflow policy (docs/step-protocol.md, "Context overflow"): stop the turn with a message.
+
+With a context of C positions and a prompt of L < C tokens, a turn runs at most C - L + 1 steps (the prefill fills
+L positions, each later step feeds one, and the last step's token is sampled but never fed); up to that point the
+answer is exactly what an unlimited context gives. The turn then ends with TurnEnd reason "context" (omni-run:
+"[stopped: context full]", exit 0), the partial reply enters the history, and a prompt that does not fit
+(L >= C) is refused before any graph runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omni_onnx.cli import main as omni_run
+from omni_onnx.dump import CodeDump
+from omni_onnx.errors import OmniError
+from omni_onnx.generate import GenerationOptions
+from omni_onnx.model import Conversation, OmniModel, TurnEnd
+
+QUESTION = "Why is the sky blue?"
+PROMPT_LEN = 23  # the chat prompt of QUESTION
+FULL_MESSAGE = "the prompt is {} tokens but the context holds {}; start a new conversation or raise --context"
+
+
+@pytest.fixture(scope="module")
+def lively_bundle(tiny_lively_checkpoint, tmp_path_factory) -> Path:
+    """Thinker + Talker only: varied text that never reaches EOS, so only the context can stop the turn early."""
+    from omni_onnx.export.cli import Sources, export_bundle
+    return export_bundle(Sources(tiny_lively_checkpoint, voices=()), tmp_path_factory.mktemp("overflow") / "b",
+                         verify=False)
+
+
+@pytest.mark.parametrize("context", [PROMPT_LEN + 1, 30])
+def test_turn_stops_at_the_context_with_the_reference_prefix(lively_bundle, tiny_lively_checkpoint, context):
+    from omni_onnx.export.checkpoint import load_model
+    from omni_onnx.export.reference import reference_generate
+    record = CodeDump([])
+    events = list(Conversation(OmniModel.load(lively_bundle), context=context).respond(
+        QUESTION, GenerationOptions(max_new_tokens=100, greedy=True), decode_audio=False, record=record))
+    steps = context - PROMPT_LEN + 1
+    assert isinstance(events[-1], TurnEnd) and events[-1].reason == "context"
+    assert len(record.prompt_ids) == PROMPT_LEN and len(record.text_ids) == steps
+    ref = reference_generate(load_model(tiny_lively_checkpoint), record.prompt_ids, steps, greedy=True)
+    assert (record.text_ids, record.audio_codes, record.frames) == (ref.text_ids, ref.audio_codes, ref.frames)
+
+
+def test_cli_reports_context_full_and_keeps_the_dump(lively_bundle, tmp_path, capsys):
+    dump = tmp_path / "d.json"
+    assert omni_run(["--bundle", str(lively_bundle), "--text", QUESTION, "--greedy", "--max-new-tokens", "100",
+                     "--context", "30", "--dump-codes", str(dump)]) == 0
+    assert capsys.readouterr().err.strip() == "[stopped: context full]"
+    got = CodeDump.read(dump)
+    assert len(got.text_ids) == 30 - PROMPT_LEN + 1 and all(len(r) == len(got.text_ids) for r in got.audio_codes)
+
+
+def test_prompt_that_fills_the_context_is_refused(lively_bundle, capsys):
+    assert omni_run(["--bundle", str(lively_bundle), "--text", QUESTION, "--greedy",
+                     "--context", str(PROMPT_LEN)]) == 1
+    assert capsys.readouterr().err.strip() == "omni-run: error: " + FULL_MESSAGE.format(PROMPT_LEN, PROMPT_LEN)
+
+
+def test_next_turn_after_a_full_context_is_refused_with_the_same_message(lively_bundle):
+    conv = Conversation(OmniModel.load(lively_bundle), context=40)
+    opts = GenerationOptions(max_new_tokens=100, greedy=True)
+    end = list(conv.respond(QUESTION, opts, decode_audio=False))[-1]
+    assert end.reason == "context" and conv.history[-1].content == end.text  # the partial reply is history
+    assert conv.state.length == 40
+    with pytest.raises(OmniError, match=r"the prompt is \d+ tokens but the context holds 40; start a new "
+                                        r"conversation or raise --context"):
+        list(conv.respond("Tell me more.", opts, decode_audio=False))
