@@ -271,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     (a.out / "results.md").write_text(table, encoding="utf-8")
     print(table)
-    pngs = plots.write(results, a.out)
-    print(f"plots: {', '.join(pngs)}" if pngs else "plots skipped: matplotlib is not installed "
-          "(pip install 'omni-onnx[bench]' to get them)")
+    pngs, why_not = plots.write(results, a.out)
+    print(f"plots: {', '.join(pngs)}" if pngs else f"plots skipped: {why_not}")
     print(f"written to {a.out}")
     return 0
 

@@ -84,15 +84,16 @@ def save(plt, fig, path: Path) -> str:
     return path.name
 
 
-def write(results: dict, out: Path) -> list[str]:
-    """Every plot the run's suites allow, as file names under `out`; [] when matplotlib is not installed."""
+def write(results: dict, out: Path) -> tuple[list[str], str]:
+    """Every plot the run's suites allow, as file names under `out`, or why there are none."""
+    runs = [r for r in results["bundles"] if "latency" in r]
+    if not runs:
+        return [], "the plots show the latency suite, which this run left out"
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    runs = [r for r in results["bundles"] if "latency" in r]
-    if not runs:
-        return []
-    return [p for p in (step_distribution(plt, runs, out), first_audio(plt, runs, out), precision(plt, runs, out)) if p]
+        return [], "matplotlib is not installed (pip install 'omni-onnx[bench]' to get them)"
+    pngs = [step_distribution(plt, runs, out), first_audio(plt, runs, out), precision(plt, runs, out)]
+    return [p for p in pngs if p], ""
