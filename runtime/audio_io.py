@@ -55,7 +55,9 @@ class Speaker(Protocol):
 
 
 def list_devices() -> str:
-    return str(import_sounddevice("--list-devices").query_devices())
+    devices = import_sounddevice("--list-devices").query_devices()
+    return str(devices) if len(devices) else ("PortAudio finds no audio devices on this machine (no sound card, or "
+                                              "no permission to use it)")
 
 
 class DeviceMicrophone:

@@ -40,7 +40,8 @@ def test_bundle_without_vad_is_a_clear_error(tiny_bundle):
     b = Bundle.open(tiny_bundle)
     graphs = {k: v for k, v in b.manifest["graphs"].items() if k != "vad"}
     with pytest.raises(BundleError, match="re-export"):
-        SileroVad.from_bundle(dataclasses.replace(b, manifest={**b.manifest, "graphs": graphs}))
+        SileroVad.from_bundle(dataclasses.replace(b, manifest={**b.manifest, "graphs": graphs},
+                                                  specs={k: v for k, v in b.specs.items() if k != "vad"}))
     with pytest.raises(ValueError, match="512"):
         SileroVad.from_bundle(b)(np.zeros(1024, np.float32))
 
