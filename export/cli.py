@@ -185,10 +185,9 @@ def add_cloning(parts: BundleParts, mimi_folder: Path | None, campplus_path: Pat
     parts.add("mimi_encoder", path, mimi_encoder_spec(), t0)
 
 
-def export_bundle(sources: Sources, out: Path, verify: bool = True, static: StaticShape | None = None,
-                  ort: bool = False) -> Path:
+def export_bundle(sources: Sources, out: Path, verify: bool = True, static: StaticShape | None = None) -> Path:
     """Export every graph into a fresh folder, then move it into place, so a failed export leaves no half bundle.
-    `static`: fixed-shape Thinker/Talker; `ort`: graphs converted to ORT format (export/ort_format.py)."""
+    `static`: fixed-shape Thinker/Talker."""
     if static is not None and (sources.sensevoice is not None or sources.campplus is not None):
         raise ValueError("--static does not cover the speech and speaker encoders yet (their frame count varies "
                          "with the clip); export the static bundle without --sensevoice and --campplus")
@@ -223,9 +222,6 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True, static: Stat
         if sources.checkpoint.is_file():
             source["checkpoint_sha256"] = sha256_file(sources.checkpoint)
         write_manifest(work, model.cfg, parts.graphs, parts.files, voices, source, parts.sections)
-        if ort:
-            from .ort_format import convert_bundle
-            convert_bundle(work)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -236,8 +232,8 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True, static: Stat
             shutil.rmtree(work, ignore_errors=True)
 
 
-def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, static: StaticShape | None = None,
-                ort: bool = False) -> Path:
+def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, static: StaticShape | None = None
+                ) -> Path:
     """Random weights written in the released formats, then exported like a real checkpoint (a static bundle
     without the speech and speaker encoders, which have no static form yet)."""
     from .random_checkpoint import write_random_pth
@@ -252,7 +248,7 @@ def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, sta
         sensevoice = None if static else write_random_sensevoice(Path(tmp) / "SenseVoiceSmall", size=size, seed=0)
         campplus = None if static else write_random_campplus(Path(tmp) / "campplus" / "campplus_cn_common.pt", seed=0)
         return export_bundle(Sources(ckpt, mimi, siglip, sensevoice, tuple(voice_files), campplus), out, verify,
-                             static, ort)
+                             static)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,25 +256,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        if args.ort and args.precision != "fp32":  # the quantizer reads .onnx graphs, --ort replaces them
-            raise ValueError("--ort and --precision cannot be combined yet; export with one of them")
         static = StaticShape(args.context, args.prefill_chunk) if args.static else None
         if args.demo:
-            out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify, static, args.ort)
+            out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify, static)
         elif args.from_hub:
             r = fetch_release(HubSource(args.hub_mirror), args.moe)
             out = export_bundle(Sources(r.checkpoint, r.mimi, r.siglip, None if static else r.sensevoice,
-                                        tuple(args.voices), args.campplus), args.out, not args.skip_verify, static,
-                                args.ort)
+                                        tuple(args.voices), args.campplus), args.out, not args.skip_verify, static)
         else:
             if not args.checkpoint.exists():
                 raise ValueError(f"checkpoint {args.checkpoint} does not exist")
             out = export_bundle(Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
-                                        args.campplus), args.out, not args.skip_verify, static, args.ort)
+                                        args.campplus), args.out, not args.skip_verify, static)
         if args.precision != "fp32":
             from omni_onnx.quant.cli import quantize_in_place
             from omni_onnx.session import SessionOptions
             out = quantize_in_place(out, args.precision, SessionOptions())
+        if args.ort:  # last: the quantizer reads .onnx graphs, the converter works on any bundle
+            from .ort_format import convert_bundle
+            convert_bundle(out)
     except ValueError as e:
         print(f"omni-export: error: {e}", file=sys.stderr)
         return 1

@@ -142,14 +142,18 @@ def test_fp16_storage_against_numpy(tmp_path):
 
 
 def test_export_precision_quantizes_in_place(tiny_checkpoint, tmp_path):
+    """--precision quantizes the written bundle in place; --ort then converts the quantized graphs."""
     from omni_onnx.export.cli import main as export_main
     out = tmp_path / "bundle"
-    assert export_main(["--checkpoint", str(tiny_checkpoint), "--skip-verify", "--precision", "int8",
+    assert export_main(["--checkpoint", str(tiny_checkpoint), "--skip-verify", "--precision", "int8", "--ort",
                         "--out", str(out)]) == 0
     b = Bundle.open(out)
     assert b.manifest["quantization"]["recipe"] == "int8"
     assert b.manifest["graphs"]["thinker"]["precision"] == "int8" and sorted(p.name for p in tmp_path.iterdir()) == [
         "bundle"]
+    assert all(e["file"].endswith(".ort") for e in b.manifest["graphs"].values())
+    assert "DynamicQuantizeMatMul" in (out / "ort_required_operators.config").read_text()
+    OmniModel(b)  # the .ort graphs load against their contracts
 
 
 def test_refuses_a_bundle_for_a_newer_onnxruntime(int4_bundle, tmp_path):
