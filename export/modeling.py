@@ -122,14 +122,16 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, ctx: StackContext, past: KV | None) -> tuple[Tensor, KV]:
         """x [1, seq, hidden] -> (out [1, seq, hidden], this call's (k, v) [1, seq, kv_heads, head_dim])."""
-        t = x.shape[1]
+        # Shapes come from -1 or from ctx (one tensor for every layer, so the graph computes `t` once): per-layer
+        # shape arithmetic is a handful of tiny nodes per layer, and the decode step pays for each node it runs.
+        t = ctx.cos.shape[0]
         kvh, rep, d = self.kv_heads, self.heads // self.kv_heads, self.head_dim
         scale = math.sqrt(d)
-        q = apply_rope(self.q_norm(self.q_proj(x).view(t, self.heads, d)), ctx.cos, ctx.sin)
-        k = apply_rope(self.k_norm(self.k_proj(x).view(t, kvh, d)), ctx.cos, ctx.sin)
-        v = self.v_proj(x).view(t, kvh, d)
+        q = apply_rope(self.q_norm(self.q_proj(x).view(-1, self.heads, d)), ctx.cos, ctx.sin)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(-1, kvh, d)), ctx.cos, ctx.sin)
+        v = self.v_proj(x).view(-1, kvh, d)
         # query head j = g*rep + r reads kv head g; group g's rows are (position, r)
-        qg = q.view(t, kvh, rep, d).transpose(0, 1).reshape(kvh, t * rep, d)
+        qg = q.view(-1, kvh, rep, d).transpose(0, 1).reshape(kvh, -1, d)
         scores = (torch.matmul(qg, k.permute(1, 2, 0)) / scale).view(kvh, t, rep, t) + ctx.mask
         if past is not None:
             pk, pv = past[0].flatten(0, 1), past[1].flatten(0, 1)  # [past_seq, kv_heads, d]
@@ -142,7 +144,7 @@ class Attention(nn.Module):
         out = torch.matmul(probs[..., p:].reshape(kvh, t * rep, t), v.transpose(0, 1))  # [kv_heads, seq*rep, d]
         if past is not None:
             out = torch.matmul(probs[..., :p].reshape(kvh, t * rep, -1), pv.transpose(0, 1)) + out
-        out = out.view(kvh, t, rep, d).transpose(0, 1).reshape(1, t, self.heads * d)
+        out = out.view(kvh, -1, rep, d).transpose(0, 1).reshape(1, -1, self.heads * d)
         return self.o_proj(out), (k[None], v[None])
 
 
