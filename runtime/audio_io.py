@@ -21,8 +21,9 @@ import numpy as np
 from .audio_out import Player, import_sounddevice
 from .contracts import VAD_CHUNK
 from .errors import OmniError
+from .speech import SAMPLE_RATE
 
-MIC_RATE = 16000
+MIC_RATE = SAMPLE_RATE  # blocks feed the VAD and SenseVoice, both at the speech front end's rate
 BLOCK = VAD_CHUNK  # 32 ms: one VAD decision per block
 
 

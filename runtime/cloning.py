@@ -23,12 +23,13 @@ import soxr
 from .bundle import Bundle
 from .errors import OmniError
 from .session import GraphSession, SessionOptions
+from .speaker import SAMPLE_RATE as SPEAKER_RATE
 from .speaker import SpeakerEncoder
 from .voices import Voice
 
 DEFAULT_NAME = "voice_clone"  # upstream's name for an unnamed clone
 MAX_NAME_CHARS = 24
-MIMI_RATE, SPEAKER_RATE = 24000, 16000
+MIMI_RATE = 24000  # the released Mimi's rate (mimi_encoder_spec is fixed to it)
 FRAME_SAMPLES = 1920
 CLONING_GRAPHS = ("mimi_encoder", "campplus")
 

@@ -13,8 +13,7 @@ from .bundle import Bundle
 from .contracts import VAD_CHUNK, VAD_CONTEXT
 from .errors import BundleError
 from .session import GraphSession, SessionOptions
-
-SAMPLE_RATE = 16000
+from .speech import SAMPLE_RATE  # Silero runs at the speech front end's 16 kHz
 
 
 class SileroVad:
