@@ -3,7 +3,8 @@
 `OmniTorchModel.state_dict()` has exactly upstream `MiniMindOmni`'s keys and shapes, so released checkpoints load
 strictly. The forward passes reproduce upstream's fp32 numerics (max abs error ~3e-6 against upstream's
 `MiniMindOmni` at full size) and are written to trace into lean ONNX: no Python branch depends on tensor values or on
-the past length, attention never copies the KV cache (see `Attention`), and MoE runs every expert and keeps the top-1
+the past length, attention never copies the KV cache (see `Attention`), projections that share an input export as
+one MatMul (`shared_input_linears`), and MoE runs every expert and keeps the top-1
 one with a one-hot (exact: upstream's top-1 weight p/(p+1e-20) is 1.0 in fp32; it costs 4x the FFN work, a known
 follow-up).
 
@@ -80,11 +81,24 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-def causal_mask(seq: int | Tensor, device: torch.device) -> Tensor:
-    """Additive mask [seq, seq] among the new positions (every cached position is visible to all of them)."""
-    rows = torch.arange(seq, device=device)
+def shared_input_linears(x: Tensor, linears: list[nn.Linear]) -> list[Tensor]:
+    """x through bias-free Linears that share it. In an ONNX export they become one MatMul on the stacked weights
+    (the exporter folds the stacking into one initializer), so a decode step quantizes x once and runs one int8
+    MatMul instead of one per projection; eager torch runs them apart (stacking there would copy the weights on
+    every call). Export parity checks compare the two forms."""
+    if torch.onnx.is_in_onnx_export():
+        packed = F.linear(x, torch.cat([lin.weight for lin in linears]))
+        return list(packed.split([lin.out_features for lin in linears], dim=-1))
+    return [lin(x) for lin in linears]
+
+
+def causal_mask(seq: int | Tensor, rep: int, device: torch.device) -> Tensor:
+    """Additive mask [seq * rep, seq] among the new positions, one row per (position, query head of a kv group)
+    pair, the attention's score layout (every cached position is visible to all of them)."""
+    rows = torch.arange(seq * rep, device=device) // rep
+    cols = torch.arange(seq, device=device)
     # masked_fill keeps the zeros' float32 (a traced torch.where on Python floats is float64 in the graph)
-    return torch.zeros(seq, seq, device=device).masked_fill(rows[None, :] > rows[:, None], float("-inf"))
+    return torch.zeros(seq * rep, seq, device=device).masked_fill(cols[None, :] > rows[:, None], float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -92,13 +106,14 @@ class StackContext:
     """Per-call tensors shared by every layer of a stack (built once, so the graph computes them once)."""
     cos: Tensor  # [seq, head_dim]
     sin: Tensor
-    mask: Tensor  # [seq, 1, seq]: broadcasts over (kv head, position, rep, new column)
-    stale: Tensor | None = None  # bool [past_seq], True = cache slot not filled yet (static graphs' fixed buffer)
+    mask: Tensor  # [seq * rep, seq]: see causal_mask
+    past_len: int | Tensor  # cache positions each layer reads
+    stale: Tensor | None = None  # bool [past_len], True = cache slot not filled yet (static graphs' fixed buffer)
 
     @classmethod
-    def build(cls, inv_freq: Tensor, past_seq: int | Tensor, seq: int | Tensor) -> StackContext:
+    def build(cls, inv_freq: Tensor, past_seq: int | Tensor, seq: int | Tensor, rep: int) -> StackContext:
         cos, sin = rope_cos_sin(inv_freq, past_seq, seq)
-        return cls(cos, sin, causal_mask(seq, inv_freq.device)[:, None, :])
+        return cls(cos, sin, causal_mask(seq, rep, inv_freq.device), past_seq)
 
 
 class Attention(nn.Module):
@@ -122,28 +137,28 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, ctx: StackContext, past: KV | None) -> tuple[Tensor, KV]:
         """x [1, seq, hidden] -> (out [1, seq, hidden], this call's (k, v) [1, seq, kv_heads, head_dim])."""
-        # Shapes come from -1 or from ctx (one tensor for every layer, so the graph computes `t` once): per-layer
+        # Every reshape below has constant dims (or one -1) and the mask and cache length come from ctx: per-layer
         # shape arithmetic is a handful of tiny nodes per layer, and the decode step pays for each node it runs.
-        t = ctx.cos.shape[0]
         kvh, rep, d = self.kv_heads, self.heads // self.kv_heads, self.head_dim
         scale = math.sqrt(d)
-        q = apply_rope(self.q_norm(self.q_proj(x).view(-1, self.heads, d)), ctx.cos, ctx.sin)
-        k = apply_rope(self.k_norm(self.k_proj(x).view(-1, kvh, d)), ctx.cos, ctx.sin)
-        v = self.v_proj(x).view(-1, kvh, d)
+        q, k, v = shared_input_linears(x, [self.q_proj, self.k_proj, self.v_proj])
+        qk = torch.cat([self.q_norm(q.view(-1, self.heads, d)), self.k_norm(k.view(-1, kvh, d))], dim=1)
+        qk = apply_rope(qk, ctx.cos, ctx.sin)  # one rotation for the query and key heads
+        q, k, v = qk[:, :self.heads], qk[:, self.heads:], v.view(-1, kvh, d)
         # query head j = g*rep + r reads kv head g; group g's rows are (position, r)
-        qg = q.view(-1, kvh, rep, d).transpose(0, 1).reshape(kvh, -1, d)
-        scores = (torch.matmul(qg, k.permute(1, 2, 0)) / scale).view(kvh, t, rep, t) + ctx.mask
+        qg = q.reshape(-1, kvh, rep, d).transpose(0, 1).reshape(kvh, -1, d)  # [kv_heads, seq * rep, d]
+        scores = torch.matmul(qg, k.permute(1, 2, 0)) / scale + ctx.mask
         if past is not None:
             pk, pv = past[0].flatten(0, 1), past[1].flatten(0, 1)  # [past_seq, kv_heads, d]
-            old = (torch.matmul(qg, pk.permute(1, 2, 0)) / scale).view(kvh, t, rep, -1)
+            old = torch.matmul(qg, pk.permute(1, 2, 0)) / scale
             if ctx.stale is not None:
                 old = old.masked_fill(ctx.stale, float("-inf"))
             scores = torch.cat([old, scores], dim=-1)
-        probs = F.softmax(scores.float(), dim=-1).type_as(q)  # [kv_heads, seq, rep, past_seq+seq]
-        p = probs.shape[-1] - t
-        out = torch.matmul(probs[..., p:].reshape(kvh, t * rep, t), v.transpose(0, 1))  # [kv_heads, seq*rep, d]
+        probs = F.softmax(scores.float(), dim=-1).type_as(q)  # [kv_heads, seq * rep, past_seq + seq]
+        p = ctx.past_len if past is not None else 0
+        out = torch.matmul(probs[..., p:], v.transpose(0, 1))  # [kv_heads, seq * rep, d]
         if past is not None:
-            out = torch.matmul(probs[..., :p].reshape(kvh, t * rep, -1), pv.transpose(0, 1)) + out
+            out = torch.matmul(probs[..., :p], pv.transpose(0, 1)) + out
         out = out.view(kvh, -1, rep, d).transpose(0, 1).reshape(1, -1, self.heads * d)
         return self.o_proj(out), (k[None], v[None])
 
@@ -156,7 +171,8 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = shared_input_linears(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(F.silu(gate) * up)
 
 
 class TopOneMoE(nn.Module):
@@ -195,7 +211,8 @@ def run_blocks(layers: nn.ModuleList, x: Tensor, inv_freq: Tensor, past: list[KV
     """Run a block stack from position past_seq on (or as `ctx` says). Returns (output, output of layer `tap` (x if
     none), new KV)."""
     if ctx is None:
-        ctx = StackContext.build(inv_freq, past[0][0].shape[1] if past else 0, x.shape[1])
+        attn = layers[0].self_attn
+        ctx = StackContext.build(inv_freq, past[0][0].shape[1] if past else 0, x.shape[1], attn.heads // attn.kv_heads)
     tapped, new = x, []
     for i, layer in enumerate(layers):
         x, kv = layer(x, ctx, past[i] if past else None)
@@ -239,12 +256,25 @@ class CodebookEmbedding(nn.Module):
 
     def forward(self, codes: Tensor) -> Tensor:
         """codes int64 [b, codebooks, seq] -> [b, seq, dim]."""
+        if torch.onnx.is_in_onnx_export():
+            return self._stacked(codes)
         base = self.base(codes)
         terms = [base[:, i] + adapter(codes[:, i]) for i, adapter in enumerate(self.adapters)]
         total = terms[0]
         for term in terms[1:]:
             total = total + term
         return total / len(self.adapters)
+
+    def _stacked(self, codes: Tensor) -> Tensor:
+        """The exported form: the adapters as one lookup in their stacked tables and one matmul with their stacked
+        up-projections (sum_i W_i g_i = [W_0 .. W_7] concat(g_i)), so a decode step runs 1 Gather + 1 MatMul
+        instead of 8 of each (see shared_input_linears for why eager keeps the loop)."""
+        n, vocab = len(self.adapters), self.base.num_embeddings
+        tables = torch.cat([a[0].weight for a in self.adapters])  # [n * vocab, rank]
+        offsets = torch.arange(n, device=codes.device)[:, None] * vocab
+        low = F.gelu(F.embedding(codes + offsets, tables)).permute(0, 2, 1, 3).flatten(2)  # [b, seq, n * rank]
+        up = torch.cat([a[2].weight for a in self.adapters], dim=1)  # [dim, n * rank]
+        return (self.base(codes).sum(1) + F.linear(low, up)) / n
 
 
 class CodebookHead(nn.Module):
@@ -258,9 +288,12 @@ class CodebookHead(nn.Module):
             for _ in range(codebooks))
 
     def forward(self, h: Tensor) -> Tensor:
-        """h [b, seq, dim] -> logits [b, codebooks, seq, vocab]."""
+        """h [b, seq, dim] -> logits [b, codebooks, seq, vocab]. The adapters' down-projections share h (one MatMul
+        when exported); their up-projections stay one matmul each: a batched one would need 3-D int8 weights, which
+        onnxruntime's per-channel int8 MatMul kernels reject."""
         base = self.base(h)
-        return torch.stack([base + adapter(h) for adapter in self.adapters], dim=1)
+        lows = shared_input_linears(h, [a[0] for a in self.adapters])
+        return torch.stack([base + a[2](a[1](low)) for low, a in zip(lows, self.adapters)], dim=1)
 
 
 def _proj_mlp(d_in: int, d_out: int, eps: float) -> nn.Sequential:

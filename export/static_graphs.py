@@ -35,11 +35,13 @@ from .common import ParityError, export_graph, flatten_kv, kv_pairs, run_onnx, v
 from .modeling import OmniTorchModel, StackContext, causal_mask, rope_cos_sin, run_blocks
 
 
-def _buffer_context(inv_freq: Tensor, position: Tensor, chunk: int, capacity: int) -> StackContext:
+def _buffer_context(inv_freq: Tensor, position: Tensor, chunk: int, capacity: int, layers: nn.ModuleList
+                    ) -> StackContext:
     """RoPE at `position + arange(chunk)` (no shape depends on a value), causal among the chunk, and every buffer
     slot at or after `position` hidden, so neither stale slots nor padding reach a real position."""
     cos, sin = rope_cos_sin(inv_freq, position, chunk)
-    return StackContext(cos, sin, causal_mask(chunk, inv_freq.device)[:, None, :],
+    attn = layers[0].self_attn
+    return StackContext(cos, sin, causal_mask(chunk, attn.heads // attn.kv_heads, inv_freq.device), capacity,
                         torch.arange(capacity, device=inv_freq.device) >= position)
 
 
@@ -61,7 +63,7 @@ class StaticThinkerGraph(nn.Module):
         m = self.model
         h = torch.where(feature_mask[..., None], feature_embeds, m.model.embed_tokens(input_ids))
         past_kv = kv_pairs(past)
-        ctx = _buffer_context(m.model.inv_freq, position, h.shape[1], past_kv[0][0].shape[1])
+        ctx = _buffer_context(m.model.inv_freq, position, h.shape[1], past_kv[0][0].shape[1], m.model.layers)
         h, bridge, new = run_blocks(m.model.layers, h, m.model.inv_freq, past_kv, m.cfg.bridge_layer, ctx)
         logits = F.linear(m.model.norm(_last(h, length))[:, 0], m.lm_head.weight, self.zero_bias)
         return (logits, bridge, *flatten_kv(new))
@@ -80,7 +82,7 @@ class StaticTalkerGraph(nn.Module):
         e = torch.where(spk_mask[..., None], t.spk_proj(spk_emb)[:, None, :], t.embed_tokens(codes))
         x = t.embed_proj(bridge) * t.text_scale + t.codec_proj(e) * t.audio_scale
         past_kv = kv_pairs(past)
-        ctx = _buffer_context(t.inv_freq, position, x.shape[1], past_kv[0][0].shape[1])
+        ctx = _buffer_context(t.inv_freq, position, x.shape[1], past_kv[0][0].shape[1], t.layers)
         h, _, new = run_blocks(t.layers, x, t.inv_freq, past_kv, ctx=ctx)
         return (self.model.talker_logits(_last(h, length))[:, :, 0], *flatten_kv(new))
 
