@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from .contracts import DIMS, ContractError, GraphSpec
 from .errors import BundleError
+from .heap import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,21 @@ def _ensure_shared_pool(threads: int) -> None:
         log.warning("the onnxruntime thread pool already has %d threads; ignoring threads=%d", _pool_threads, n)
 
 
+_shared_arena = False  # whether the process-wide activation arena is registered
+
+
+def _ensure_shared_arena() -> None:
+    """Every graph's activations come from one process-wide arena (after the pool: registering creates
+    onnxruntime's environment). An arena never shrinks: with one per session each kept its own largest run
+    (SenseVoice's alone ~11 MB); shared, they keep only the largest of all, as the graphs run one after another
+    (full int8 bundle, one spoken turn: 16 MB less RSS, decode step and encoders equally fast, side by side)."""
+    global _shared_arena
+    if not _shared_arena:
+        cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(cpu, ort.OrtArenaCfg(0, -1, -1, -1))  # onnxruntime's defaults
+        _shared_arena = True
+
+
 def ort_session_options(opts: SessionOptions) -> ort.SessionOptions:
     """onnxruntime settings for every session of this process (export-time checks included: once the shared
     pool exists, onnxruntime refuses sessions with pools of their own)."""
@@ -48,17 +64,24 @@ def ort_session_options(opts: SessionOptions) -> ort.SessionOptions:
     so.log_severity_level = 3
     _ensure_shared_pool(opts.threads)
     so.use_per_session_threads = False
+    _ensure_shared_arena()
+    so.add_session_config_entry("session.use_env_allocators", "1")
+    # weights stay out of the arena, so the copies a load frees can go back to the OS (heap.py)
+    so.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     return so
 
 
 def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
+    """Open `path`, then hand back the heap its load freed (heap.py: ~160 MB of the full int8 bundle's RSS)."""
     so = ort_session_options(opts)
     try:
-        return ort.InferenceSession(os.fspath(path), sess_options=so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(os.fspath(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"cannot load graph {path.name}: {first[:200]}. The file is corrupted or truncated; "
                           f"re-export the bundle with omni-export") from None
+    release_free_heap()
+    return sess
 
 
 def check_contract(sess: ort.InferenceSession, spec: GraphSpec) -> None:
