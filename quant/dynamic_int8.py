@@ -24,7 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from .fp16_storage import store_fp16
 from .gather_int8 import quantize_gathers
 from .int4 import matmul_nbits
-from .recipes import INT4_MATMUL, GraphRecipe
+from .recipes import FP16_WEIGHTS, INT4_MATMUL, GraphRecipe
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
         if recipe.method == INT4_MATMUL:
             matmul_nbits(src, Path(tmp) / "int4.onnx", recipe.block_size, recipe.accuracy_level)
             src = Path(tmp) / "int4.onnx"
-        quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+        if recipe.method == FP16_WEIGHTS:
+            shutil.copyfile(src, q)
+        else:
+            quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
+                             weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
         if recipe.optimize_offline:
             o = Path(tmp) / "optimized.onnx"
             optimize_offline(q, o, opts)

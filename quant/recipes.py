@@ -36,13 +36,14 @@ from omni_onnx.contracts import PREFILL_SUFFIX
 
 DYNAMIC_INT8 = "dynamic_int8"
 INT4_MATMUL = "int4_matmul"  # MatMulNBits 4-bit MatMul weights (int4.py); Gemm and the rest as DYNAMIC_INT8
+FP16_WEIGHTS = "fp16_weights"  # fp32 compute, large weights stored fp16 (fp16_storage.py) and nothing quantized
 KEEP = "keep"  # copied unchanged (fp32)
-_PRECISION = {DYNAMIC_INT8: "int8", INT4_MATMUL: "int4", KEEP: "fp32"}
+_PRECISION = {DYNAMIC_INT8: "int8", INT4_MATMUL: "int4", FP16_WEIGHTS: "fp32", KEEP: "fp32"}
 
 
 @dataclass(frozen=True)
 class GraphRecipe:
-    method: str = DYNAMIC_INT8  # DYNAMIC_INT8, INT4_MATMUL or KEEP
+    method: str = DYNAMIC_INT8  # DYNAMIC_INT8, INT4_MATMUL, FP16_WEIGHTS or KEEP
     op_types: tuple[str, ...] = ("MatMul",)  # operators whose constant weights are quantized
     per_channel: bool = True
     int8_tables: bool = True  # Gather-only lookup tables int8 with per-row scales (gather_int8.py)
@@ -79,7 +80,8 @@ INT8 = Recipe("int8", {
     "thinker": GraphRecipe(why=_WEIGHTS),
     "talker": GraphRecipe(why=_WEIGHTS),
     "audio_projector": GraphRecipe(why=_COMPUTE),
-    "vision": GraphRecipe(why=_COMPUTE),
+    "vision": GraphRecipe(op_types=("MatMul", "Attention"),
+                          why=_COMPUTE + "; the exported fused Attention becomes QAttention (int8 QKV projection)"),
     "sensevoice": GraphRecipe(why=_COMPUTE),
     "mimi_decoder": GraphRecipe(int8_tables=False,
                                 why="transformer MatMuls only (convolutions and codebooks compute in fp32, stored "
@@ -87,6 +89,9 @@ INT8 = Recipe("int8", {
     "mimi_encoder": GraphRecipe(int8_tables=False,
                                 why="as the decoder: transformer MatMuls int8, convolutions fp32 stored fp16 (186 -> "
                                     "68 MB; codes of a 3.2 s clip vs fp32: codebooks 0, 1, 7 identical, 2-6 97.5 %)"),
+    "campplus": GraphRecipe(FP16_WEIGHTS, int8_tables=False,
+                            why="convolutions only (no MatMul to quantize): fp32 compute, weights stored fp16 (28.1 -> "
+                                "18.8 MB; embedding of 3 s of features vs fp32: cosine 0.9999999)"),
 })
 
 _INT4 = "decode steps stream every weight: 4-bit blocks read ~1.8x fewer bytes than int8"
