@@ -18,7 +18,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 from omni_onnx.contracts import ContractError, GraphSpec
-from omni_onnx.session import SessionOptions, check_contract, make_session, ort_session_options
+from omni_onnx.session import (DISABLED_OPTIMIZERS, SessionOptions, check_contract, make_session,
+                               ort_session_options)
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from .fp16_storage import store_fp16
@@ -35,7 +36,8 @@ def optimize_offline(src: Path, dst: Path, opts: SessionOptions) -> None:
     so = ort_session_options(opts)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = os.fspath(dst)
-    ort.InferenceSession(os.fspath(src), sess_options=so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(os.fspath(src), sess_options=so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
