@@ -21,16 +21,33 @@ from onnx import TensorProto, helper, numpy_helper
 from omni_onnx.session import SessionOptions, ort_session_options
 
 _MATMULS = ("MatMul", "FusedMatMul", "Gemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
+_CONVS = ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "NchwcConv")
+_ATTENTIONS = ("Attention", "QAttention")  # com.microsoft: packed QKV projection + softmax attention
 
 
-def _matmul_macs(x: list[int], w: list[int]) -> int:
-    batch = np.broadcast_shapes(tuple(x[:-2]), tuple(w[:-2])) if len(w) > 2 else tuple(x[:-2])
-    return int(np.prod(batch, dtype=np.int64)) * x[-2] * x[-1] * w[-1] if len(x) > 1 else x[-1] * w[-1]
+def _node_macs(op: str, attrs: dict[str, int], inputs: list[list[int]], weight: list[int] | None,
+               out: list[int]) -> int:
+    """Multiply-accumulates of one node run: output elements x the contracted length, which the node's input (or
+    its weight initializer) and transpose attributes give."""
+    if op in _MATMULS:
+        a = inputs[0]
+        if attrs.get("transA"):
+            k = a[0] if attrs.get("transBatchA") else a[-2]
+        else:
+            k = a[-1]
+        return int(np.prod(out, dtype=np.int64)) * k
+    if op in _CONVS and weight is not None:  # weight [out channels, in channels / group, *kernel]
+        return int(np.prod(out, dtype=np.int64)) * int(np.prod(weight[1:], dtype=np.int64))
+    if op in _ATTENTIONS and weight is not None:  # input [batch, seq, hidden], weight [hidden, 3 * hidden]
+        batch, seq, hidden = inputs[0]
+        return batch * seq * hidden * weight[1] + 2 * batch * seq * seq * hidden
+    return 0
 
 
 def graph_macs(path: Path, feeds: dict[str, np.ndarray], threads: int) -> int:
-    """Multiply-accumulates of every matmul one run of the graph performs, read from onnxruntime's profile (which
-    records the shapes each node actually saw; weights come from the optimized graph's initializers)."""
+    """Multiply-accumulates of every matmul, convolution and fused attention one run of the graph performs, read
+    from onnxruntime's profile (which records the shapes each node actually saw; weights come from the optimized
+    graph's initializers)."""
     scratch = Path(tempfile.mkdtemp(prefix="omni-macs-"))
     so = ort_session_options(SessionOptions(threads=threads))
     so.enable_profiling, so.profile_file_prefix = True, os.fspath(scratch / "profile")
@@ -38,22 +55,22 @@ def graph_macs(path: Path, feeds: dict[str, np.ndarray], threads: int) -> int:
     sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
     optimized = onnx.load(so.optimized_model_filepath)
     init = {t.name: list(t.dims) for t in optimized.graph.initializer}
-    weights = {n.name: [init[i] for i in n.input[1:2] if i in init] for n in optimized.graph.node}
-    trans_b = {n.name for n in optimized.graph.node
-               if any(a.name == "transB" and a.i for a in n.attribute)}
+    nodes = {n.name: n for n in optimized.graph.node}
     sess.run(None, feeds)
     events = json.loads(Path(sess.end_profiling()).read_text(encoding="utf-8"))
     total = 0
     for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["args"].get("op_name") not in _MATMULS:
+        op = e.get("args", {}).get("op_name")
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or op not in _MATMULS + _CONVS + _ATTENTIONS:
             continue
+        node = nodes.get(e["name"][: -len("_kernel_time")])
         shapes = [next(iter(d.values())) for d in e["args"].get("input_type_shape", [])]
-        node = e["name"][: -len("_kernel_time")]
-        if len(shapes) < 2 or weights.get(node):  # weights listed separately when they are initializers
-            shapes = shapes[:1] + weights.get(node, [])[:1]
-        if node in trans_b:
-            shapes[1] = shapes[1][::-1]
-        total += _matmul_macs(shapes[0], shapes[1])
+        out = [next(iter(d.values())) for d in e["args"].get("output_type_shape", [])]
+        if node is None or not shapes or not out:
+            continue
+        weight = next((init[i] for i in node.input[1:2] if i in init), None)
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        total += _node_macs(op, attrs, shapes, weight, out[0])
     return total
 
 
