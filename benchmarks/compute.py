@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from omni_onnx.session import SessionOptions, ort_session_options
 
-_MATMULS = ("MatMul", "FusedMatMul", "Gemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
+_MATMULS = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
 _CONVS = ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "NchwcConv")
 _ATTENTIONS = ("Attention", "QAttention")  # com.microsoft: packed QKV projection + softmax attention
 

@@ -13,7 +13,13 @@ Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure o
 - Mimi decoder: int8 only on its transformer's MatMuls (the only MatMuls with constant weights); its convolutions
   and codebooks stay fp32 because they shape the waveform directly. Audio SNR vs fp32 over 50 random-code frames:
   transformer int8 57.3 dB (8.2 vs 11.9 ms/frame on a quiet machine); + int8 codebooks 40.9 dB (-12.5 MB);
-  + int8 Conv (ConvInteger) 27.4 dB and 2.4x slower per frame (-14 MB). ConvTranspose has no int8 kernel.
+  + int8 Conv (ConvInteger) 27.4 dB and 2.4x slower per frame (-14 MB). ConvTranspose has no int8 kernel; as Gemms
+  (exported that way, parity 2e-5) per-channel int8 on any one transposed conv gives 38-39 dB, 8-bit MatMulNBits on
+  all four 34-38 dB. fp32 convs as Gemms were not faster (their ~57 MB of weights bound the frame either way).
+- Vision: exported with onnxruntime's fused Attention (quantized to QAttention here) and FastGelu (siglip.py).
+  Not taken there: static QDQ / QOperator int8 (4x / 1.8x slower than dynamic), MatMulNBits 8-bit (6x slower on
+  its matmuls), MultiHeadAttention (slower than the decomposed attention).
+- CAM++: no MatMul; its convolutions compute in fp32 from fp16-stored weights (FP16_WEIGHTS).
 - Large fp32 weights left after that (Mimi's convolutions and codebooks, SigLIP's patch embedding, SenseVoice's
   FSMN convolutions, MatMulNBits scales) are stored fp16 and cast back when the session loads (fp16_storage.py):
   Mimi 102.3 -> 64.1 MB at 57.3 -> 56.1 dB SNR, same load time and frame time.
@@ -24,7 +30,8 @@ Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure o
   than int8 at 6 s); onnxruntime.transformers' SkipSimplifiedLayerNormalization fusion on the Thinker (582 -> 567
   nodes, no measurable step change); conv int8 for Mimi (above).
 - Size: the graphs hold ~479 M parameters the runtime uses (SenseVoice 234 M, SigLIP 88 M, Thinker 64 M, Talker
-  47 M, Mimi decoder 44 M), so any all-int8 bundle is over 450 MB; int8 here: 552 MB.
+  47 M, Mimi decoder 44 M), so any all-int8 bundle is over 450 MB; int8 here: 596 MB with the voice-cloning graphs
+  (Mimi encoder 68 MB, CAM++ 19 MB, loaded only to clone a voice), 509 MB without.
 """
 
 from __future__ import annotations
