@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from omni_onnx.bench import quality
 from omni_onnx.bench.cli import main
+from omni_onnx.bench.compute import graph_macs
 from omni_onnx.bench.fidelity import first_difference
 
 
@@ -48,6 +49,35 @@ def test_cosine_hand_computed():
         quality.cosine([0, 0], [1, 0])
     with pytest.raises(ValueError, match="sizes"):
         quality.cosine([1, 0], [1, 0, 0])
+
+
+def test_graph_macs_hand_counted(tmp_path):
+    """A transposed-input FusedMatMul candidate (MatMul of a Transpose), a Gemm + Relu (FusedGemm once optimized)
+    and a depthwise Conv: the count must equal the multiply-accumulates worked out by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w", (6, 5)), ("g", (7, 5)), ("c", (4, 1, 3)))]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),  # [2, 3, 6] -> [2, 6, 3]
+             helper.make_node("MatMul", ["w2", "xt"], ["m"]),  # [5, 6] @ [2, 6, 3] -> [2, 5, 3]
+             helper.make_node("Transpose", ["w"], ["w2"], perm=[1, 0]),
+             helper.make_node("Reshape", ["m", "shape"], ["r"]),  # [6, 5]
+             helper.make_node("Gemm", ["r", "g"], ["gm"], transB=1),  # [6, 5] x [5, 7] -> [6, 7]
+             helper.make_node("Relu", ["gm"], ["y"]),
+             helper.make_node("Conv", ["z", "c"], ["cz"], group=4)]  # [1, 4, 10] k=3 -> [1, 4, 8]
+    for i, node in enumerate(nodes):  # exporters name every node; the count finds nodes by name
+        node.name = f"n{i}"
+    inits.append(numpy_helper.from_array(np.array([6, 5], np.int64), "shape"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6]),
+                                           helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("cz", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "macs.onnx"
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(onnx_model.SerializeToString())
+    feeds = {"x": np.ones((2, 3, 6), np.float32), "z": np.ones((1, 4, 10), np.float32)}
+    assert graph_macs(path, feeds, 1) == 2 * 5 * 3 * 6 + 6 * 7 * 5 + 4 * 8 * 3
 
 
 def test_first_difference():
