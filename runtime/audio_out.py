@@ -49,9 +49,10 @@ class WavWriter:
 
 
 class Player:
-    """Plays 24 kHz frames as they are decoded: a jitter buffer that starts with the first frame. The audio callback
-    only moves fixed-size blocks: out of the play queue (silence on underrun, counted in `underruns`) and, as the
-    echo reference for live conversation, into the played queue (only with `keep_played`: nobody else drains it)."""
+    """Plays 24 kHz audio as it is decoded, through a jitter buffer that starts with the first write. Written audio is
+    cut into fixed `block`s; the device callback only moves one block out of the play queue (silence when none is
+    queued, counted in `underruns` while an answer is still coming) and, as the echo reference for live conversation,
+    into the played queue (only with `keep_played`: nobody else drains it)."""
 
     def __init__(self, sample_rate: int, block: int, device: int | str | None = None, keep_played: bool = False):
         sd = import_sounddevice("--play")
@@ -59,14 +60,17 @@ class Player:
         self.sample_rate, self.block, self.underruns, self.played_samples = sample_rate, block, 0, 0
         self._q: queue.Queue[np.ndarray] = queue.Queue()
         self._played: queue.Queue[np.ndarray] = queue.Queue()
+        self._pending = np.zeros(0, np.float32)
+        self._expecting = False  # an answer is being written: running dry now is an underrun
         try:
             self._stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=block,
-                                           device=device, callback=self._callback)
+                                           latency="low", device=device, callback=self._callback)
             self._stream.start()
         except Exception as e:  # sounddevice raises PortAudioError for missing/busy devices
-            raise OmniError(f"cannot open the audio output device {device if device is not None else '(default)'}: "
-                            f"{e}; list the devices with `omni-run --list-devices`, choose one with "
+            raise OmniError(f"cannot open the audio output device {device if device is not None else '(default)'} "
+                            f"({e}); list the devices with `omni-run --list-devices`, choose one with "
                             f"--output-device, or close the program holding it") from None
+        self.latency = float(self._stream.latency)
 
     def _callback(self, outdata, frames, time, status) -> None:
         try:
@@ -74,25 +78,47 @@ class Player:
             self.played_samples += frames
         except queue.Empty:
             outdata.fill(0)
-            self.underruns += 1
+            self.underruns += self._expecting
         if self.keep_played:
             self._played.put(outdata[:, 0].copy())
 
     def write(self, pcm: np.ndarray) -> None:
-        self._q.put(np.clip(pcm, -1.0, 1.0).astype(np.float32))
+        self._expecting = True
+        pcm = np.concatenate([self._pending, np.clip(pcm, -1.0, 1.0).astype(np.float32)])
+        n = len(pcm) // self.block
+        for i in range(n):
+            self._q.put(pcm[i * self.block:(i + 1) * self.block])
+        self._pending = pcm[n * self.block:]
+
+    def finish(self) -> None:
+        """The answer's audio is all written: the last partial block goes out padded, and running dry is no
+        underrun."""
+        if len(self._pending):
+            self._q.put(np.pad(self._pending, (0, self.block - len(self._pending))))
+            self._pending = np.zeros(0, np.float32)
+        self._expecting = False
 
     @property
     def busy(self) -> bool:
-        """Audio is still queued (the frame in the device's buffer is not counted)."""
-        return not self._q.empty()
+        """Audio is still queued (the blocks in the device's buffer are not counted)."""
+        return not self._q.empty() or len(self._pending) > 0
 
     def stop(self) -> None:
-        """Drop what is queued (barge-in): playback ends after the block already handed to the device."""
+        """Cut (barge-in): drop what is queued and abort the stream, which discards the device's buffer too (a
+        drain would play it). The audio that buffer held was never heard, so it leaves `played_samples`."""
+        self._pending = np.zeros(0, np.float32)
+        self._expecting = False
         while True:
             try:
                 self._q.get_nowait()
             except queue.Empty:
-                return
+                break
+        self.played_samples = max(0, self.played_samples - round(self.latency * self.sample_rate))
+        try:
+            self._stream.abort()
+            self._stream.start()
+        except Exception:  # PortAudioError: the device or sound server is gone, so nothing is playing
+            pass
 
     def take_played(self) -> np.ndarray:
         """What the callback has played since the last call (silence included), for echo handling and --record."""
@@ -104,8 +130,12 @@ class Player:
                 return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
     def close(self) -> None:
-        """Let queued audio finish (call `stop` first to cut it), then close the device."""
-        while not self._q.empty():
+        """Let written audio finish (call `stop` first to cut it), then close the device."""
+        self.finish()
+        while not self._q.empty() and self._stream.active:
             time.sleep(self.block / self.sample_rate)
-        self._stream.stop()
-        self._stream.close()
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:  # PortAudioError: the device or sound server is gone; there is nothing left to close
+            pass

@@ -17,7 +17,7 @@ from .errors import OmniError
 from .generate import GenerationOptions
 from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
 from .sampling import TextSampling
-from .live_cli import add_arguments as add_live_arguments
+from .live.cli import add_arguments as add_live_arguments
 from .session import SessionOptions
 from .user_voices import voice_listing
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.list_devices:
-            from .audio_io import list_devices
+            from .live.devices import list_devices
             print(list_devices())
             return 0
         if args.list_voices:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         conv = Conversation(model, args.voice, args.context)
         rng = None if args.greedy else np.random.default_rng(args.seed)
         if args.mic:
-            from .live_cli import run_mic
+            from .live.cli import run_mic
             run_mic(conv, args, opts, rng)
             return 0
         if args.play and model.mimi is None:

@@ -221,6 +221,11 @@ class Conversation:
         said = " ".join(t for t in (user_text, heard) if t) or content.replace(IMAGE_PAD, "").strip()
         self.history += [Message("user", said), Message("assistant", reply)]
 
+    def truncate_history(self, length: int) -> None:
+        """Forget the turns after the first `length` messages (a prepared answer the user never heard); the next
+        turn recomputes the cache from the first changed position."""
+        del self.history[length:]
+
     def amend_last_reply(self, text: str) -> None:
         """Replace the last answer in the history (an interrupted answer keeps only what the user heard); the next
         turn recomputes the cache from the first changed position."""

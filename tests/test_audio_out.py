@@ -14,7 +14,9 @@ from omni_onnx.errors import OmniError
 
 
 class FakeStream:
-    def __init__(self, samplerate, channels, dtype, blocksize, device, callback):
+    latency, active = 0.04, True
+
+    def __init__(self, samplerate, channels, dtype, blocksize, device, callback, latency=None):
         self.callback, self.blocksize, self.started = callback, blocksize, False
 
     def start(self):
@@ -39,11 +41,17 @@ def fake_sounddevice(monkeypatch):
     return mod
 
 
-def test_frames_flow_and_underrun_is_silence(fake_sounddevice):
-    p = Player(24000, 1920)
+def test_frames_flow_in_blocks_and_underrun_is_silence(fake_sounddevice):
+    p = Player(24000, 480)
     frame = np.linspace(-2, 2, 1920, dtype=np.float32)
-    p.write(frame)
-    assert np.array_equal(p._stream.pull(), np.clip(frame, -1, 1))
+    p.write(frame[:1000])  # written audio is cut into whole device blocks; the rest waits for more
+    p.write(frame[1000:])
+    played = np.concatenate([p._stream.pull() for _ in range(4)])
+    assert np.array_equal(played, np.clip(frame, -1, 1))
+    assert not p._stream.pull().any() and p.underruns == 1  # the answer is still coming: an underrun
+    p.write(frame[:100])
+    p.finish()  # the answer's last partial block goes out padded; running dry after it is no underrun
+    assert np.array_equal(p._stream.pull(), np.r_[np.clip(frame[:100], -1, 1), np.zeros(380, np.float32)])
     assert not p._stream.pull().any() and p.underruns == 1
     p.close()
 

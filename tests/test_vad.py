@@ -11,8 +11,8 @@ import pytest
 from omni_onnx.bundle import Bundle
 from omni_onnx.errors import BundleError
 from omni_onnx.speech import load_audio
-from omni_onnx.turns import INTERRUPT, SPEECH_END, SPEECH_START, TurnOptions, TurnTaker
-from omni_onnx.vad import SileroVad
+from omni_onnx.live.turns import INTERRUPT, PAUSE, RESUME, SPEECH_END, SPEECH_START, TurnOptions, TurnTaker
+from omni_onnx.live.vad import SileroVad
 
 CLIP = Path(__file__).parent / "fixtures" / "eval_omni" / "audio-en-05_why_is_the_sky_blue.mp3"
 
@@ -47,48 +47,62 @@ def test_bundle_without_vad_is_a_clear_error(tiny_bundle):
 
 
 def run(probs: list[float], assistant_speaking: bool = False, opts: TurnOptions = TurnOptions()):
-    """Window i holds the value i, so a turn's audio shows which windows it kept."""
+    """Window i holds the value i, so a turn's audio shows which windows it kept. At each PAUSE the audio the answer
+    is prepared from is kept in `prepared`."""
     t = TurnTaker(opts)
     t.assistant_speaking = assistant_speaking
-    events = {}
+    events, prepared = {}, {}
     for i, p in enumerate(probs):
         ev = t.push(np.full(512, i, np.float32), p)
         if ev is not None:
             events[i] = ev
-    return t, events
+        if ev == PAUSE:
+            prepared[i] = windows(t.turn_audio())
+    return t, events, prepared
 
 
 def windows(audio: np.ndarray) -> list[int]:
     return [int(v) for v in audio[::512]]
 
 
-def test_turn_with_pre_roll_and_one_trailing_silence_window():
-    # 5 silent, 10 speech, 25 silent windows: 128 ms (4 windows) start a turn, 800 ms (25 windows) end it
-    t, events = run([0.1] * 5 + [0.9] * 10 + [0.2] * 25)
-    assert events == {8: SPEECH_START, 39: SPEECH_END}
-    assert windows(t.take_turn()) == [3, 4, *range(5, 15), 15]  # 1024-sample pre-roll, speech, one silent window
+def test_turn_with_pre_roll_pause_and_one_trailing_silence_window():
+    # 5 silent, 10 speech, 10 silent windows: 128 ms (4 windows) start a turn, 96 ms (3) of silence prepare the
+    # answer, 320 ms (10) end the turn
+    t, events, prepared = run([0.1] * 5 + [0.9] * 10 + [0.2] * 10)
+    assert events == {8: SPEECH_START, 17: PAUSE, 24: SPEECH_END}
+    turn = windows(t.take_turn())
+    assert turn == [3, 4, *range(5, 15), 15]  # 1024-sample pre-roll, speech, one silent window
+    assert prepared[17] == turn  # the prepared answer heard exactly what the confirmed turn holds
     assert t.take_turn().size == 0
 
 
+def test_speech_after_the_pause_withdraws_it_and_the_turn_goes_on():
+    t, events, prepared = run([0.9] * 6 + [0.1] * 5 + [0.9] * 3 + [0.1] * 10)
+    assert events == {3: SPEECH_START, 8: PAUSE, 11: RESUME, 16: PAUSE, 23: SPEECH_END}
+    assert prepared[8] == [0, 1, 2, 3, 4, 5, 6]
+    assert windows(t.take_turn()) == [*range(0, 14), 14] == prepared[16]
+
+
 def test_blip_shorter_than_min_speech_is_forgotten():
-    t, events = run([0.9] * 3 + [0.1] * 3 + [0.9] * 4 + [0.1] * 25)
-    assert events == {9: SPEECH_START, 34: SPEECH_END}
+    t, events, _ = run([0.9] * 3 + [0.1] * 3 + [0.9] * 4 + [0.1] * 10)
+    assert events == {9: SPEECH_START, 12: PAUSE, 19: SPEECH_END}
     assert windows(t.take_turn()) == [4, 5, 6, 7, 8, 9, 10]
 
 
 def test_threshold_is_strict_and_short_pauses_do_not_end_a_turn():
-    t, events = run([0.8] * 6 + [0.81] * 4 + [0.0] * 24 + [0.9] + [0.0] * 25)
-    assert events == {9: SPEECH_START, 59: SPEECH_END}
-    assert windows(t.take_turn())[-1] == 35
+    t, events, _ = run([0.8] * 6 + [0.81] * 4 + [0.0] * 9 + [0.9] + [0.0] * 10)
+    assert events == {9: SPEECH_START, 12: PAUSE, 19: RESUME, 22: PAUSE, 29: SPEECH_END}
+    assert windows(t.take_turn())[-1] == 20
 
 
 def test_speech_over_the_assistant_interrupts_after_barge_in_speech():
-    t, events = run([0.1] * 3 + [0.9] * 6 + [0.1] * 25, assistant_speaking=True)
-    assert events == {4: INTERRUPT, 33: SPEECH_END}  # 2 windows (64 ms), then the speech becomes the next turn
+    t, events, _ = run([0.1] * 3 + [0.9] * 6 + [0.1] * 10, assistant_speaking=True)
+    assert events == {4: INTERRUPT, 11: PAUSE, 18: SPEECH_END}  # 2 windows (64 ms), then the speech is the next turn
     assert windows(t.take_turn()) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
-@pytest.mark.parametrize("kw", [{"window": 1024}, {"threshold": 1.0}, {"min_silence": 0}, {"pre_roll": -1}])
+@pytest.mark.parametrize("kw", [{"window": 1024}, {"threshold": 1.0}, {"min_silence": 0}, {"pre_roll": -1},
+                                {"pause": 0}, {"pause": 6000}])
 def test_invalid_options_are_rejected(kw):
     with pytest.raises(ValueError):
         TurnOptions(**kw)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bundle import Bundle
-from .contracts import VAD_CHUNK, VAD_CONTEXT
-from .errors import BundleError
-from .session import GraphSession, SessionOptions
-from .speech import SAMPLE_RATE  # Silero runs at the speech front end's 16 kHz
+from ..bundle import Bundle
+from ..contracts import VAD_CHUNK, VAD_CONTEXT
+from ..errors import BundleError
+from ..session import GraphSession, SessionOptions
+from ..speech import SAMPLE_RATE  # Silero runs at the speech front end's 16 kHz
 
 
 class SileroVad:

@@ -1,0 +1,300 @@
+"""Keeping the assistant from hearing itself. Two stages, both fed with what the speaker played (the reference):
+
+1. `EchoCanceller`: WebRTC's AEC3 (the `livekit` wheel's audio processing module) subtracts the echo from the
+   microphone before the VAD sees it. AEC3 finds the echo within about 0.5 s of the reference; device buffers,
+   Bluetooth and the sound server can add more, so beyond that the reference is delayed by what
+   `EchoDelayEstimator` measures (envelope cross-correlation over the last seconds of playback).
+   Offline, speech echo at 0 dB: no VAD window above threshold at 0.2-0.5 s without the pre-delay, ~240 of 400
+   windows at 0.7-0.9 s; with it, none once the delay is locked (after 2.5 s of playback).
+2. `EchoGuard` (`--echo guard`, where livekit is not installed): a double-talk detector in the style of Geigel's: a
+   window counts as the user's voice only if the microphone is louder, by `margin_db`, than the loudest echo the
+   recent playback could cause, with the echo path's gain measured while the assistant plays.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OmniError
+from ..speech import SAMPLE_RATE as MIC_RATE
+
+AEC_FRAME = MIC_RATE // 100  # the audio processing module takes 10 ms frames
+
+
+class Resampler:
+    """The played stream at the microphone's rate, chunk by chunk, with soxr's quick quality: it holds back one
+    sample where the high-quality filter holds back 150-570 (10-35 ms, varying), which would make the echo
+    reference late by more than its slack. The canceller cancels as deeply with either (offline, 24 -> 16 kHz
+    speech echo: 63.8 vs 63.6 dB)."""
+
+    def __init__(self, rate_in: int, rate_out: int):
+        import soxr
+
+        self._stream = (soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32", quality="QQ")
+                        if rate_in != rate_out else None)
+
+    def __call__(self, pcm: np.ndarray) -> np.ndarray:
+        pcm = np.asarray(pcm, np.float32)
+        return pcm if self._stream is None or not len(pcm) else self._stream.resample_chunk(pcm)
+
+
+class EchoReference:
+    """What the speaker played, at the microphone's rate, one block per microphone block: played sample k beside
+    microphone sample k + `slack`. Both streams run in real time from their start, so the index is the clock; the
+    slack absorbs the played samples' lateness (they arrive with the output callback, every 20 ms, and the resampler
+    holds a few ms back) and is far below any real echo's delay (device buffers alone exceed it). A sample that
+    still arrives after its slot is dropped and a zero stands in, so lateness never shifts the alignment. At most
+    `max_lead` seconds are kept ahead."""
+
+    def __init__(self, slack: float = 0.024, max_lead: float = 2.0):
+        self._fifo = np.zeros(int(slack * MIC_RATE), np.float32)
+        self._received, self._taken = len(self._fifo), 0  # samples received / handed out since the start
+        self._max_lead = int(max_lead * MIC_RATE)
+
+    def next(self, played: np.ndarray, n: int) -> np.ndarray:
+        """Add what the speaker played since the last call (16 kHz); return the next `n` samples."""
+        self._fifo = np.concatenate([self._fifo, played])[-self._max_lead:]
+        self._received += len(played)
+        first = self._received - len(self._fifo)  # index of the fifo's first sample
+        if first < self._taken:  # its slot has passed
+            self._fifo, first = self._fifo[self._taken - first:], self._taken
+        missing = min(n, first - self._taken)
+        out = np.concatenate([np.zeros(missing, np.float32), self._fifo[:n - missing]])
+        self._fifo = self._fifo[n - missing:]
+        self._taken += n
+        return np.pad(out, (0, n - len(out)))
+
+
+class DelayLine:
+    """A stream delayed by `delay` samples; changing the delay inserts silence or skips samples."""
+
+    def __init__(self, delay: int = 0):
+        self._buf = np.zeros(delay, np.float32)
+
+    @property
+    def delay(self) -> int:
+        return len(self._buf)
+
+    def set_delay(self, delay: int) -> None:
+        d = delay - len(self._buf)
+        self._buf = np.concatenate([np.zeros(d, np.float32), self._buf]) if d > 0 else self._buf[-d:]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._buf = np.concatenate([self._buf, x])
+        out, self._buf = self._buf[:len(x)], self._buf[len(x):]
+        return out
+
+
+@dataclass(frozen=True)
+class DelayEstimatorOptions:
+    hop: int = 128  # envelope resolution: 8 ms
+    history: float = 2.0  # seconds of envelope correlated
+    max_delay: float = 1.2  # longest speaker -> microphone delay searched (at most half the history)
+    every: float = 0.5  # seconds between estimates
+    min_correlation: float = 0.5  # an echo: two estimates in a row this correlated, at lags this many hops apart,
+    agree: int = 3  # lock the delay
+    no_echo: float = 0.2  # no echo: two estimates in a row below this (headphones, muted speakers)
+    leave: float = 0.4  # delays up to this are left to the canceller: moving its reference makes it re-converge
+    margin: float = 0.25  # of a longer delay, what is left to the canceller (it cannot cancel an echo before it)
+
+
+class EchoDelayEstimator:
+    """Whether the microphone hears the speaker, and with what delay, from the envelopes of the reference and the raw
+    microphone: the lag of the highest normalised cross-correlation. `echo` is None until known."""
+
+    def __init__(self, opts: DelayEstimatorOptions = DelayEstimatorOptions()):
+        self.opts = opts
+        n = int(opts.history * MIC_RATE / opts.hop)
+        self._mic: deque[float] = deque(maxlen=n)
+        self._ref: deque[float] = deque(maxlen=n)
+        self._since = 0
+        self._last: tuple[int, float] | None = None
+        self.delay: float | None = None  # seconds, once locked
+        self.echo: bool | None = None
+
+    def push(self, mic: np.ndarray, ref: np.ndarray) -> float | None:
+        """Add a block of each; the newly locked delay in seconds when it changed, else None."""
+        o, hop = self.opts, self.opts.hop
+        for i in range(0, len(mic) - hop + 1, hop):
+            self._mic.append(float(np.sqrt(np.mean(mic[i:i + hop] ** 2))))
+            self._ref.append(float(np.sqrt(np.mean(ref[i:i + hop] ** 2))))
+        self._since += len(mic)
+        if self._since < o.every * MIC_RATE or len(self._ref) < self._ref.maxlen:
+            return None
+        self._since = 0
+        now, last = self._estimate(), self._last
+        self._last = now
+        if now is None or last is None:
+            return None
+        if max(now[1], last[1]) < o.no_echo:
+            self.echo = False
+        if min(now[1], last[1]) < o.min_correlation or abs(now[0] - last[0]) > o.agree:
+            return None
+        self.echo = True
+        delay = now[0] * hop / MIC_RATE
+        if self.delay is not None and abs(delay - self.delay) <= o.agree * hop / MIC_RATE:
+            return None
+        self.delay = delay
+        return delay
+
+    def _estimate(self) -> tuple[int, float] | None:
+        """(lag in hops, its correlation), or None while too little was played to tell."""
+        mic, ref = np.asarray(self._mic), np.asarray(self._ref)
+        if np.count_nonzero(ref > 1e-3) < len(ref) // 3:
+            return None
+        n, best = len(ref), (0, 0.0)
+        for lag in range(min(n // 2, int(self.opts.max_delay * MIC_RATE / self.opts.hop))):
+            a, b = mic[lag:] - mic[lag:].mean(), ref[:n - lag] - ref[:n - lag].mean()
+            denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
+            c = float(np.dot(a, b) / denom) if denom > 0 else 0.0
+            if c > best[1]:
+                best = (lag, c)
+        return best
+
+
+class _Aec3:
+    """One AEC3 instance and the delay line of its reference."""
+
+    def __init__(self, rtc, delay: int):
+        self.apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+        self.ref_delay = DelayLine(delay)
+        self.ref = np.zeros(0, np.float32)
+
+
+class EchoCanceller:
+    """AEC3 over 10 ms frames. `process` takes a microphone block and the reference block played over the same span
+    and returns the cleaned block, 10 ms late (the frames do not divide the block). When the estimated delay moves the
+    reference, a second canceller is trained on the new alignment for `warm_up` seconds before it takes over: a
+    canceller whose reference jumps re-converges for ~2 s, letting echo through (measured)."""
+
+    def __init__(self, estimator: EchoDelayEstimator | None = None, warm_up: float = 1.5):
+        try:
+            from livekit import rtc
+        except ImportError:
+            raise OmniError("echo cancellation needs the audio extra (pip install 'omni-onnx[audio]'); or choose "
+                            "--echo guard") from None
+        self._rtc = rtc
+        self._active = _Aec3(rtc, 0)
+        self._next: _Aec3 | None = None
+        self._warm_frames, self._warmed = int(warm_up * 100), 0
+        self.estimator = estimator if estimator is not None else EchoDelayEstimator()
+        self._mic = np.zeros(0, np.float32)
+        self._out = np.zeros(AEC_FRAME, np.float32)
+
+    def _frame(self, pcm: np.ndarray):
+        frame = self._rtc.AudioFrame.create(MIC_RATE, 1, AEC_FRAME)
+        np.frombuffer(frame.data, np.int16)[:] = np.clip(np.round(pcm * 32767), -32768, 32767).astype(np.int16)
+        return frame
+
+    def _retarget(self, delay: float) -> None:
+        o = self.estimator.opts
+        new = int((delay - o.margin) * MIC_RATE) if delay > o.leave else 0
+        if new != (self._next or self._active).ref_delay.delay:
+            self._next, self._warmed = _Aec3(self._rtc, new), 0
+            self._next.ref = np.zeros(len(self._mic), np.float32)  # in step with the microphone samples held
+
+    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        delay = self.estimator.push(mic, ref)
+        if delay is not None:
+            self._retarget(delay)
+        self._mic = np.concatenate([self._mic, mic])
+        cans = [c for c in (self._active, self._next) if c is not None]
+        for c in cans:
+            c.ref = np.concatenate([c.ref, c.ref_delay(ref)])
+        done = []
+        while len(self._mic) >= AEC_FRAME:
+            pcm, self._mic = self._mic[:AEC_FRAME], self._mic[AEC_FRAME:]
+            for c in cans:
+                c.apm.process_reverse_stream(self._frame(c.ref[:AEC_FRAME]))
+                c.ref = c.ref[AEC_FRAME:]
+                frame = self._frame(pcm)
+                c.apm.process_stream(frame)
+                if c is self._active:
+                    done.append(np.frombuffer(frame.data, np.int16).astype(np.float32) / 32768)
+            if self._next is not None:
+                self._warmed += 1
+                if self._warmed >= self._warm_frames:
+                    self._active, self._next = self._next, None
+                    cans = [self._active]
+        self._out = np.concatenate([self._out, *done])
+        out, self._out = self._out[:len(mic)], self._out[len(mic):]
+        # without an echo the canceller only costs: its suppressor holds back the start of the user's speech over
+        # the playback by 0.2-1.4 s (offline, no echo path), so the microphone goes on unchanged
+        return mic if self.estimator.echo is False else out
+
+
+@dataclass(frozen=True)
+class EchoGuardOptions:
+    margin_db: float = 6.0  # how much louder than the expected echo the user must be
+    max_delay: float = 1.2  # seconds of speaker -> microphone delay covered (devices, Bluetooth, room)
+    initial_gain_db: float = 0.0  # echo path gain assumed before it is measured (laptop speakers: about -10..0 dB)
+    calibration: float = 0.5  # seconds of playback heard before the measured gain is used
+    history: float = 4.0  # seconds of playback the measurement looks back over
+    percentile: float = 95.0
+    silence: float = 1e-4  # reference RMS below this is no playback
+
+
+class EchoGuard:
+    def __init__(self, opts: EchoGuardOptions = EchoGuardOptions(), window: int = 512):
+        self.opts = opts
+        per_s = MIC_RATE / window
+        self._ref = deque(maxlen=int(np.ceil(opts.max_delay * per_s)) + 1)
+        self._ratios: deque[float] = deque(maxlen=int(opts.history * per_s))
+        self._min_ratios = int(opts.calibration * per_s)
+        self._margin = 10 ** (opts.margin_db / 20)
+
+    @property
+    def gain(self) -> float:
+        """The echo path's measured amplitude gain (the initial guess until calibrated)."""
+        if len(self._ratios) < self._min_ratios:
+            return 10 ** (self.opts.initial_gain_db / 20)
+        return float(np.percentile(self._ratios, self.opts.percentile))
+
+    def is_echo(self, mic: np.ndarray, ref: np.ndarray, speech: bool) -> bool:
+        """Whether this microphone window can be explained by echo of the playback (ref: the same span played;
+        speech: the VAD's verdict). Windows taken for the user's voice do not enter the echo measurement."""
+        self._ref.append(float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))))
+        envelope = max(self._ref)
+        if envelope < self.opts.silence:
+            return False
+        level = float(np.sqrt(np.mean(mic.astype(np.float64) ** 2)))
+        echo = level <= self._margin * self.gain * envelope
+        if echo or not speech:
+            self._ratios.append(level / envelope)
+        return echo
+
+
+@dataclass(frozen=True)
+class EchoOptions:
+    """`cancel`: AEC3 on the microphone; `guard`: the level check (after the canceller, if both). Headphones: neither.
+    The default is the canceller alone: offline, with speech echo at 0.2-0.9 s and 0/-6 dB, the guard after it
+    stopped no false trigger the canceller let through and missed 1-4 of 4 double-talk barge-ins the canceller alone
+    caught."""
+
+    cancel: bool = True
+    guard: EchoGuardOptions | None = None
+
+    @classmethod
+    def named(cls, mode: str) -> EchoOptions:
+        """`cancel`, `guard` (the level check alone, without livekit) or `off` (headphones)."""
+        return {"cancel": cls(), "guard": cls(cancel=False, guard=EchoGuardOptions()), "off": cls(cancel=False)}[mode]
+
+
+class EchoPath:
+    """The microphone as the VAD should hear it: `clean` removes the echo, `is_echo` vetoes what is left of it."""
+
+    def __init__(self, opts: EchoOptions, window: int):
+        self.canceller = EchoCanceller() if opts.cancel else None
+        self.guard = EchoGuard(opts.guard, window) if opts.guard is not None else None
+        self.reference = EchoReference()
+
+    def clean(self, mic: np.ndarray, played: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the cleaned block, the reference block it was cleaned against); `played`: new 16 kHz playback."""
+        ref = self.reference.next(played, len(mic))
+        return (self.canceller.process(mic, ref) if self.canceller is not None else mic), ref
+
+    def is_echo(self, clean: np.ndarray, ref: np.ndarray, speech: bool) -> bool:
+        return self.guard is not None and self.guard.is_echo(clean, ref, speech)

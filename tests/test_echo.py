@@ -1,0 +1,86 @@
+"""The echo path offline, on recorded speech: the assistant's voice played back into the microphone at a delay past
+what WebRTC's AEC3 finds alone (0.7 s) is found by the delay estimator and cancelled before the VAD (no speech left
+once it is locked); the user's voice over it still comes through; without an echo the microphone passes unchanged
+(the canceller's suppressor would hold back barge-in). Then: native PortAudio/ALSA error lines never reach the
+terminal while the devices are open, other lines do."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omni_onnx.live.cli import native_errors_filtered
+from omni_onnx.live.echo import EchoDelayEstimator, EchoOptions, EchoPath
+from omni_onnx.live.vad import SileroVad
+from omni_onnx.speech import load_audio
+from omni_onnx.bundle import Bundle
+
+CLIPS = Path(__file__).parent / "fixtures" / "eval_omni"
+
+
+@pytest.fixture(scope="module")
+def speech() -> tuple[np.ndarray, np.ndarray]:
+    """(10 s of the assistant's voice, a user's question), 16 kHz."""
+    voice = np.concatenate([load_audio(p) for p in sorted(CLIPS.glob("audio-zh-*.mp3"))[:10]])[:160000]
+    return voice / np.abs(voice).max() * 0.5, load_audio(CLIPS / "audio-en-05_why_is_the_sky_blue.mp3") * 0.5
+
+
+def through(path: EchoPath, vad: SileroVad, mic: np.ndarray, played: np.ndarray) -> np.ndarray:
+    """Speech probability per 512-sample window of the cleaned microphone."""
+    probs = []
+    for i in range(len(mic) // 512):
+        clean, _ = path.clean(mic[i * 512:(i + 1) * 512], played[i * 512:(i + 1) * 512])
+        probs.append(vad(clean))
+    return np.array(probs)
+
+
+def test_a_late_echo_is_found_and_cancelled_and_the_user_still_heard(tiny_bundle, speech):
+    voice, user = speech
+    delay = int(0.7 * 16000)
+    mic = np.zeros(len(voice), np.float32)
+    mic[delay:] = voice[:-delay]  # 0 dB echo, 0.7 s late
+    at = 7 * 16000
+    mic[at:at + len(user)] += user  # the user speaks over it at 7 s
+    vad = SileroVad.from_bundle(Bundle.open(tiny_bundle))
+    path = EchoPath(EchoOptions(), 512)
+    probs = through(path, vad, mic, voice)
+    est = path.canceller.estimator
+    assert est.echo and est.delay == pytest.approx(0.7, abs=0.04)
+    speech = np.nonzero(probs > 0.8)[0] * 512 / 16000
+    # once locked (2.5 s) and the re-aligned canceller trained (1.5 s): only the user
+    assert (speech[speech >= 4.0] >= 7).all() and (speech >= 7).sum() >= 10
+    vad.reset()
+    raw = np.array([vad(mic[i * 512:(i + 1) * 512]) for i in range(len(mic) // 512)])
+    assert (raw[:int(7 * 16000 / 512)] > 0.8).sum() > 50  # the echo alone is speech to the VAD
+
+
+def test_without_an_echo_the_microphone_passes_unchanged(speech):
+    voice, user = speech
+    path = EchoPath(EchoOptions(), 512)
+    mic = np.random.default_rng(0).normal(0, 1e-3, len(voice)).astype(np.float32)
+    out = np.concatenate([path.clean(mic[i * 512:(i + 1) * 512], voice[i * 512:(i + 1) * 512])[0]
+                          for i in range(len(mic) // 512)])
+    assert path.canceller.estimator.echo is False
+    n = 4 * 16000
+    np.testing.assert_array_equal(out[n:], mic[n:len(out)])
+
+
+def test_delay_estimator_needs_two_agreeing_estimates(speech):
+    voice, _ = speech
+    est = EchoDelayEstimator()
+    d = int(0.3 * 16000)
+    mic = np.r_[np.zeros(d, np.float32), voice[:-d]] * 0.3
+    locked = [est.push(mic[i:i + 512], voice[i:i + 512]) for i in range(0, len(voice) - 511, 512)]
+    found = [x for x in locked if x is not None]
+    assert found and found[0] == pytest.approx(0.3, abs=0.016) and est.echo
+    assert locked.index(found[0]) * 512 / 16000 < 3.0  # within 3 s of playback
+
+
+def test_native_error_lines_are_kept_off_the_terminal(capfd):
+    with native_errors_filtered():
+        os.write(2, b"ALSA lib pcm.c:8568:(snd_pcm_recover) underrun occurred\n")
+        os.write(2, b"Expression 'err' failed in 'src/hostapi/alsa/pa_linux_alsa.c', line: 3355\n")
+        os.write(2, b"omni-run: a line of ours\n")
+    assert capfd.readouterr().err == "omni-run: a line of ours\n"

@@ -1,0 +1,154 @@
+"""The sounddevice backend with sounddevice replaced by a fake (no hardware): capture at the device's rate in 10 ms
+device blocks becomes 16 kHz blocks of the VAD's size; playback is aborted (not drained) when cut and reports what
+was heard; a sound-server name is routed through the `pulse` device; missing devices and a lost sound server are one
+clear error. The echo reference keeps the played signal in step with the microphone."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import soxr
+from omni_onnx.errors import OmniError
+from omni_onnx.live.devices import DeviceMicrophone, device_speaker
+from omni_onnx.live.echo import EchoGuard, EchoReference, Resampler
+from omni_onnx.live.sim import SimClock, SimMicrophone, SimSpeaker
+
+
+class FakeStream:
+    latency, active = 0.02, True
+
+    def __init__(self, samplerate, channels, dtype, blocksize, device, callback, latency=None):
+        self.callback, self.blocksize, self.rate, self.device = callback, blocksize, samplerate, device
+        self.requested_latency, self.aborted = latency, 0
+
+    def start(self):
+        pass
+
+    def abort(self):
+        self.aborted += 1
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+
+
+DEVICES = [{"name": "HDA Intel", "default_samplerate": 48000.0}, {"name": "pulse", "default_samplerate": 44100.0}]
+
+
+@pytest.fixture()
+def fake_sd(monkeypatch):
+    def query_devices(device=None, kind=None):
+        if device is None:
+            return DEVICES if kind is None else DEVICES[0]
+        if device in (0, 1, "pulse"):
+            return DEVICES[1 if device in (1, "pulse") else 0]
+        raise ValueError(f"No input device matching {device!r}")
+    mod = types.SimpleNamespace(InputStream=FakeStream, OutputStream=FakeStream, query_devices=query_devices)
+    monkeypatch.setitem(sys.modules, "sounddevice", mod)
+    monkeypatch.delenv("PULSE_SOURCE", raising=False)
+    monkeypatch.delenv("PULSE_SINK", raising=False)
+    return mod
+
+
+def test_capture_at_48k_gives_16k_blocks(fake_sd):
+    mic = DeviceMicrophone()
+    stream = mic._stream
+    assert stream.rate == 48000 and stream.blocksize == 480 and stream.requested_latency == "low"
+    t = np.arange(48000 * 2) / 48000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for i in range(0, len(tone), 480):
+        stream.callback(tone[i:i + 480, None], 480, None, None)
+    first = mic.read()
+    blocks = [first, *mic.poll()]
+    assert all(b.shape == (512,) and b.dtype == np.float32 for b in blocks)
+    got = np.concatenate(blocks)
+    want = soxr.resample(tone, 48000, 16000)
+    n = min(len(got), len(want)) - 2000  # the stream's tail is still inside the resampler
+    np.testing.assert_allclose(got[1000:n], want[1000:n], atol=1e-3)
+    assert mic.poll() == []
+
+
+def test_missing_input_device_is_a_clear_error(fake_sd):
+    with pytest.raises(OmniError, match="--list-devices"):
+        DeviceMicrophone(7)
+
+
+def test_sound_server_names_are_routed_through_the_pulse_device(fake_sd):
+    import os
+    mic = DeviceMicrophone("micsink.monitor")
+    assert mic._stream.device == "pulse" and os.environ["PULSE_SOURCE"] == "micsink.monitor"
+    assert device_speaker(24000, "spk")._stream.device == "pulse" and os.environ["PULSE_SINK"] == "spk"
+    fake_sd.query_devices = lambda device=None, kind=None: (  # no pulse device: the name is refused
+        DEVICES[:1] if device is None else (_ for _ in ()).throw(ValueError("no such device")))
+    with pytest.raises(OmniError, match="--output-device"):
+        device_speaker(24000, "spk")
+
+
+def test_lost_sound_server_is_one_clear_error(fake_sd):
+    with pytest.raises(OmniError, match="sound server or the device went away"):
+        DeviceMicrophone(timeout=0.01).read()
+
+
+def test_speaker_cut_aborts_the_stream_and_counts_only_what_was_heard(fake_sd):
+    p = device_speaker(24000)
+    assert p.block == 480 and p._stream.requested_latency == "low"
+    out = np.zeros((480, 1), np.float32)
+    for v in (0.1, 0.2, 0.3):
+        p.write(np.full(1920, v, np.float32))
+    for _ in range(5):
+        p._stream.callback(out, 480, None, None)
+    assert p.busy and p.played_samples == 2400
+    p.stop()  # aborted, not drained: the device's buffer (latency 20 ms = 480 samples) was never heard
+    assert not p.busy and p._stream.aborted == 1 and p.played_samples == 2400 - 480
+    p._stream.callback(out, 480, None, None)  # after the cut: silence, and no underrun (no answer is coming)
+    played = p.take_played()
+    assert np.array_equal(played, np.r_[np.full(1920, 0.1, np.float32), np.full(480, 0.2, np.float32),
+                                        np.zeros(480, np.float32)])
+    assert p.take_played().size == 0 and p.underruns == 0
+    p.close()
+
+
+def test_simulated_echo_is_the_played_signal_delayed_and_attenuated():
+    clock = SimClock()
+    speaker = SimSpeaker(clock)
+    mic = SimMicrophone(clock, np.zeros(16000, np.float32), speaker, echo_gain_db=-20, echo_delay=0.05)
+    clock.now = 0.1
+    speaker.write(np.ones(24000, np.float32))  # starts at 0.1 s
+    x = np.concatenate([mic.read() for _ in range(31)])
+    start = int(0.15 * 16000)
+    assert not x[:start - 1].any() and np.allclose(x[start + 1:], 0.1)
+
+
+def test_echo_reference_follows_the_microphone_timeline():
+    """Played sample k sits beside microphone sample k + the slack, however the played audio is chunked; a sample that
+    comes after its slot leaves a zero and shifts nothing."""
+    slack = 384
+    ref, to16k = EchoReference(slack=slack / 16000), Resampler(24000, 16000)
+    played = np.random.default_rng(0).normal(0, 0.1, 32 * 768).astype(np.float32)
+    got = np.concatenate([ref.next(to16k(played[i:i + 768]), 512) for i in range(0, len(played), 768)])
+    assert len(got) == 32 * 512
+    want = soxr.resample(played, 24000, 16000, quality="QQ")
+    np.testing.assert_allclose(got[slack:], want[:-slack], atol=1e-5)
+    late = EchoReference(slack=0.0)
+    assert not late.next(np.zeros(0, np.float32), 512).any()  # nothing played yet: zeros stand in
+    x = np.arange(1, 1025, dtype=np.float32)
+    np.testing.assert_array_equal(late.next(x, 512), x[512:])  # the first 512 missed their slot
+
+
+def test_echo_guard_learns_the_echo_path():
+    rng = np.random.default_rng(0)
+    guard = EchoGuard()
+    for _ in range(40):  # 1.3 s of playback heard at -10 dB
+        ref = rng.normal(0, 0.1, 512).astype(np.float32)
+        assert guard.is_echo(0.316 * ref, ref, speech=True)
+    assert guard.gain == pytest.approx(0.316, rel=0.05)
+    ref = rng.normal(0, 0.1, 512).astype(np.float32)
+    assert guard.is_echo(0.3 * ref, ref, speech=True)
+    assert not guard.is_echo(0.3 * ref + rng.normal(0, 0.1, 512).astype(np.float32), ref, speech=True)
+    silent = np.zeros(512, np.float32)
+    assert not EchoGuard().is_echo(np.full(512, 0.01, np.float32), silent, speech=True)  # nothing played
