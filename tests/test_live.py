@@ -124,6 +124,22 @@ def test_a_pause_the_user_goes_on_after_drops_the_prepared_answer_unheard(model,
     assert [m.role for m in s.conv.history] == ["user", "assistant"]  # nor kept
 
 
+def test_speech_right_after_an_answer_began_continues_the_question(model, clips):
+    """A 500 ms pause is taken for the end of the turn; the user goes on 180 ms into the answer: the answer stops,
+    is dropped, and both parts of the question make one turn. (Headphones: in a first answer with the canceller on,
+    its suppressor delays the barge-in until the echo estimator has found there is no echo.)"""
+    q, q2 = clips["question"], clips["voice"]
+    s, speaker = session(model, np.concatenate([silence(1), q, silence(0.5), q2, silence(3)]),
+                         opts=LiveOptions(echo=EchoOptions.named("off")))
+    k = kinds(s)
+    assert k.count("speech_end") == 2 and k.count("interrupt") == 1 and k.count("rejoin") == 1
+    assert k.index("rejoin") < k.index("speech_end", k.index("interrupt"))
+    assert "answer_end" not in k[:k.index("rejoin")]
+    assert [m.role for m in s.conv.history] == ["user", "assistant"]  # one question, one answer
+    heard = [e.text for e in s.events if e.kind == "heard"]
+    assert s.conv.history[0].content == heard[-1] and len(heard) == 2
+
+
 def barge_in_input(clips, gap: float = 3.0):
     q, b = clips["question"], clips["barge"]
     start = 1 + len(q) / 16000 + gap

@@ -221,9 +221,7 @@ class EchoCanceller:
                     cans = [self._active]
         self._out = np.concatenate([self._out, *done])
         out, self._out = self._out[:len(mic)], self._out[len(mic):]
-        # without an echo the canceller only costs: its suppressor holds back the start of the user's speech over
-        # the playback by 0.2-1.4 s (offline, no echo path), so the microphone goes on unchanged
-        return mic if self.estimator.echo is False else out
+        return out
 
 
 @dataclass(frozen=True)
@@ -284,7 +282,11 @@ class EchoOptions:
 
 
 class EchoPath:
-    """The microphone as the VAD should hear it: `clean` removes the echo, `is_echo` vetoes what is left of it."""
+    """The microphone as the VAD should hear it: `clean` removes the echo, `is_echo` vetoes what is left of it.
+
+    Once the delay estimator has found that there is no echo (about 1.2 s into the first answer; the decision holds
+    across answers) the canceller's output is no longer used: without an echo it only costs, its suppressor holding
+    back the start of the user's speech over the playback by 0.2-1.4 s (offline, no echo path)."""
 
     def __init__(self, opts: EchoOptions, window: int):
         self.canceller = EchoCanceller() if opts.cancel else None
@@ -294,7 +296,10 @@ class EchoPath:
     def clean(self, mic: np.ndarray, played: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the cleaned block, the reference block it was cleaned against); `played`: new 16 kHz playback."""
         ref = self.reference.next(played, len(mic))
-        return (self.canceller.process(mic, ref) if self.canceller is not None else mic), ref
+        if self.canceller is None:
+            return mic, ref
+        out = self.canceller.process(mic, ref)
+        return (mic if self.canceller.estimator.echo is False else out), ref
 
     def is_echo(self, clean: np.ndarray, ref: np.ndarray, speech: bool) -> bool:
         return self.guard is not None and self.guard.is_echo(clean, ref, speech)

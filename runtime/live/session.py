@@ -32,14 +32,15 @@ class LiveOptions:
     half_duplex: bool = False  # ignore the microphone while the assistant speaks (no barge-in, no echo risk)
     speculate: bool = True  # prepare the answer at a pause, before the end of the turn is confirmed
     held_frames: int = 6  # frames prepared ahead of the confirmation (480 ms of audio); then generation waits
+    rejoin: float = 1.0  # speech this soon after an answer began continues the question: the answer is dropped
 
 
 @dataclass(frozen=True)
 class LiveEvent:
     time: float  # seconds on the session's clock
     kind: str  # speech_start, pause (answer prepared), resume (preparation dropped), speech_end (the turn is
-    # confirmed), heard, first_audio, interrupt, playback_stopped, answer_end (text: the answer as it entered the
-    # history)
+    # confirmed), heard, first_audio, interrupt, playback_stopped, rejoin (the answer is dropped and the question
+    # goes on), answer_end (text: the answer as it entered the history)
     text: str = ""
 
 
@@ -73,13 +74,13 @@ class _Answer:
     """An answer in flight: its event stream, the events held back until the turn is confirmed, and the text shown
     by each written frame (what was heard, if it is cut)."""
 
-    def __init__(self, events: Iterator, history_len: int):
-        self.events, self.history_len = events, history_len
+    def __init__(self, events: Iterator, history_len: int, audio: np.ndarray):
+        self.events, self.history_len, self.question = events, history_len, audio
         self.confirmed = self.generated = False
         self.held: list = []
         self.held_frames = 0
         self.frames: list[tuple[int, str]] = []  # per written frame: its start in the answer's audio, text by then
-        self.audio, self.shown, self.start = 0, "", 0
+        self.audio, self.shown, self.start, self.confirmed_at = 0, "", 0, 0.0
 
     def wants_step(self, max_held: int) -> bool:
         return not self.generated and (self.confirmed or self.held_frames < max_held)
@@ -157,7 +158,7 @@ class LiveSession:
             self._cut()
 
     def _start(self, audio: np.ndarray) -> None:
-        self.answer = _Answer(self.conv.respond(None, self.gen, self.rng, audio=audio), len(self.conv.history))
+        self.answer = _Answer(self.conv.respond(None, self.gen, self.rng, audio=audio), len(self.conv.history), audio)
 
     def _drop(self) -> None:
         """The user went on speaking: the prepared answer was never shown or heard."""
@@ -167,7 +168,7 @@ class LiveSession:
 
     def _confirm(self) -> None:
         a = self.answer
-        a.confirmed, a.start = True, self.speaker.played_samples
+        a.confirmed, a.start, a.confirmed_at = True, self.speaker.played_samples, self.clock()
         self.turns.assistant_speaking = True
         self.show("\nyou> ")
         for ev in a.held:
@@ -214,13 +215,21 @@ class LiveSession:
             a.audio += len(ev.pcm)
 
     def _cut(self) -> None:
-        """Barge-in: silence first, then close the generator; the history keeps what was heard."""
+        """Barge-in: silence first, then close the generator; the history keeps what was heard. Speech within
+        `rejoin` of the answer's start means the pause was not the end of the question: the answer is dropped and
+        the question goes on from where it was."""
         a = self.answer
         self.speaker.stop()
         self.log("playback_stopped")
         a.events.close()
         self.turns.assistant_speaking = False
         self.answer = None
+        if self.clock() - a.confirmed_at < self.opts.rejoin:
+            self.conv.truncate_history(a.history_len)
+            self.turns.prepend(a.question)
+            self.log("rejoin")
+            self.show(" [you went on: answer dropped]\n")
+            return
         if len(self.conv.history) > a.history_len:  # else it was cut before the answer began
             played = self.speaker.played_samples - a.start
             heard = [text for begin, text in a.frames if begin < played]

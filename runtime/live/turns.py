@@ -102,6 +102,10 @@ class TurnTaker:
         self._ring = (self._ring + [window])[-keep:] if keep else []
         return None
 
+    def prepend(self, audio: np.ndarray) -> None:
+        """Put earlier audio before the turn in progress (the user went on after a pause taken for the end)."""
+        self._buffer.insert(0, audio)
+
     def _trimmed(self) -> list[np.ndarray]:
         """The turn's windows with one window of its trailing silence kept."""
         return self._buffer[:len(self._buffer) - self._tail + 1] if self._tail > 1 else list(self._buffer)
