@@ -22,6 +22,8 @@ def check_output_path(path: Path, flag: str, suffixes: tuple[str, ...] = ()) -> 
         raise OmniError(f"{flag} {path}: this writes {suffixes[0][1:].upper()} only; name the file "
                         f"{path.with_suffix(suffixes[0]).name} and convert it afterwards if you need another format")
     parent = path.resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise OmniError(f"cannot write {flag} {path}: {parent} is a file, not a folder; choose another {flag}")
     if not parent.is_dir():
         raise OmniError(f"cannot write {flag} {path}: folder {parent} does not exist; create it or choose another "
                         f"{flag}")

@@ -75,7 +75,7 @@ RUN_CASES = [
     ("folder as --out", ASK + ["--text", "hi", "--out", "{outs}"], 1, "--out {outs} is a folder"),
     ("--out reply.mp3", ASK + ["--text", "hi", "--out", "{outs}/reply.mp3"], 1, "writes WAV only"),
     ("--out in a missing folder", ASK + ["--text", "hi", "--out", "{outs}/nope/a.wav"], 1, "does not exist"),
-    ("--out under a file", ASK + ["--text", "hi", "--out", "{in}/notes.txt/a.wav"], 1, "cannot write --out"),
+    ("--out under a file", ASK + ["--text", "hi", "--out", "{in}/notes.txt/a.wav"], 1, "notes.txt is a file, not a"),
     ("unwritable --out", ASK + ["--text", "hi", "--out", "/proc/omni-onnx-reply.wav"], 1, "cannot write --out"),
     ("folder as --dump-codes", ASK + ["--text", "hi", "--dump-codes", "{outs}"], 1, "--dump-codes {outs} is a folder"),
     ("--max-new-tokens 0", ["--bundle", "{bundle}", "--text", "hi", "--max-new-tokens", "0"], 2,
