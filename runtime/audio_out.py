@@ -9,14 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .atomic_file import AtomicFile, check_output_path
 from .errors import OmniError
-
-
-def check_writable(path: Path) -> None:
-    """Fail before generating, not after: the folder must exist."""
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise OmniError(f"cannot write {path}: folder {parent} does not exist; create it or choose another --out")
 
 
 def import_sounddevice(flag: str):
@@ -31,21 +25,53 @@ def import_sounddevice(flag: str):
 
 
 class WavWriter:
-    """16-bit PCM WAV, appended as frames arrive so a long answer never sits in memory. Samples are clipped."""
+    """16-bit PCM WAV, appended as frames arrive so a long answer never sits in memory. Samples are clipped.
 
-    def __init__(self, path: Path, sample_rate: int, channels: int = 1):
-        check_writable(path)
+    Written to a temporary file beside `path`: `close` completes it and moves it into place, `discard` drops it (a
+    failed run leaves an existing file untouched and no new one). As a context manager: close when the block ends
+    normally, discard when it raises."""
+
+    def __init__(self, path: Path, sample_rate: int, channels: int = 1, flag: str = "--out"):
+        check_output_path(path, flag, (".wav",))
         self.path = Path(path)
-        self._f = sf.SoundFile(str(path), mode="w", samplerate=sample_rate, channels=channels, subtype="PCM_16")
+        self._file = AtomicFile(self.path)
+        try:
+            self._f = sf.SoundFile(str(self._file.tmp), mode="w", samplerate=sample_rate, channels=channels,
+                                   subtype="PCM_16", format="WAV")
+        except BaseException:
+            self._file.discard()
+            raise
         self.samples = 0
 
     def write(self, pcm: np.ndarray) -> None:
         """[n] samples, or [n, channels]."""
-        self._f.write(np.clip(pcm, -1.0, 1.0))
+        try:
+            self._f.write(np.clip(pcm, -1.0, 1.0))
+        except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError: disk full, quota
+            self.discard()
+            raise OmniError(f"cannot write {self.path}: {e}; free some space or choose another path") from None
         self.samples += len(pcm)
 
     def close(self) -> None:
-        self._f.close()
+        """Finish the header and move the file into place (again: nothing)."""
+        if not self._f.closed:
+            self._f.close()
+            self._file.commit()
+
+    def discard(self) -> None:
+        """Drop what was written; an existing file at `path` stays as it was."""
+        if not self._f.closed:
+            self._f.close()
+        self._file.discard()
+
+    def __enter__(self) -> WavWriter:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
 
 
 class Player:

@@ -4,7 +4,8 @@ manifest.json keys: format_version, package_version, config (ModelConfig), mimi 
 vision ({image_size} or null), speech ({vocab_size, output_size, feature_dim} or null),
 static ({context, prefill_chunk}: fixed-shape Thinker/Talker graphs, see contracts.StaticShape; absent or null),
 graphs {name: {file, sha256, contract}}, files {relative path: sha256} (tokenizer, voices), voices [names],
-source {what the bundle was exported from}, generation (default options).
+source {what the bundle was exported from}, generation (default options), random_weights (true in a demo bundle;
+absent or false otherwise).
 """
 
 from __future__ import annotations
@@ -157,6 +158,11 @@ class Bundle:
         """The fixed sizes of a static bundle's Thinker/Talker graphs; None for a dynamic bundle."""
         section = self.manifest.get("static")
         return None if section is None else StaticShape.from_dict(section)
+
+    @property
+    def random_weights(self) -> bool:
+        """A demo bundle (`omni-export --demo`): random weights in the released formats, so its answers are noise."""
+        return bool(self.manifest.get("random_weights", False))
 
     def has_graph(self, name: str) -> bool:
         return name in self.specs

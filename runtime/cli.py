@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .audio_out import Player, WavWriter, check_writable
+from .atomic_file import check_output_path
+from .audio_out import Player, WavWriter
 from .bundle import Bundle, default_bundle_dir
+from .chat import AnswerStop, Chat
+from .cli_support import (TERMINATED_EXIT, HelpFormatter, OneLineErrorParser, Terminated, announce_demo, float_in,
+                          int_at_least, stop_cleanly_on_sigterm)
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import GenerationOptions
-from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
+from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript
 from .sampling import TextSampling
 from .live.cli import add_arguments as add_live_arguments
 from .session import SessionOptions
 from .user_voices import voice_listing
 
+DEFAULT_CONTEXT = 2048  # KV positions of a dynamic bundle's conversation when --context is not given
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="omni-run", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrorParser(prog="omni-run", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--bundle", type=Path, default=default_bundle_dir(), help="bundle folder written by omni-export")
     p.add_argument("--text", help="the question; without it an interactive chat starts")
     p.add_argument("--image", type=Path, action="append", default=[],
@@ -41,12 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--seed", type=int, help="seed for reproducible sampling; without it each run differs")
     g.add_argument("--greedy", action="store_true", help="argmax instead of sampling (penalties still apply)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="bound on text plus the audio tail")
-    p.add_argument("--temperature", type=float, default=0.7, help="text sampling temperature")
-    p.add_argument("--top-p", type=float, default=0.85, help="text nucleus sampling threshold")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=512, help="bound on text plus the audio tail")
+    p.add_argument("--temperature", type=float_in(0, math.inf), default=0.7, help="text sampling temperature")
+    p.add_argument("--top-p", type=float_in(0, 1, low_open=True), default=0.85,
+                   help="text nucleus sampling threshold")
     p.add_argument("--dump-codes", type=Path, help="write prompt ids, text ids, audio codes and frames as JSON")
-    p.add_argument("--context", type=int, default=2048, help="KV cache capacity in positions (prompt + answer)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
+    p.add_argument("--context", type=int_at_least(16), help=f"KV cache capacity in positions (prompt + answer); "
+                   f"default {DEFAULT_CONTEXT}. A static bundle's context is fixed when it is exported")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="onnxruntime intra-op threads (0: one per core)")
     add_live_arguments(p)
     p.add_argument("--version", action="version", version=f"omni-run {__version__}")
     return p
@@ -66,19 +75,28 @@ class AudioSinks:
             self.player.write(pcm)
 
     def close(self) -> None:
+        """The WAV is complete: move it into place."""
         if self.wav is not None:
             self.wav.close()
+
+    def discard(self) -> None:
+        """The turn failed: no WAV, and an existing file at --out stays as it was."""
+        if self.wav is not None:
+            self.wav.discard()
 
 
 def run_turn(conv: Conversation, text: str | None, args: argparse.Namespace, opts: GenerationOptions,
              rng: np.random.Generator | None, out: Path | None, player: Player | None,
-             images: tuple[Path, ...] = (), audio: Path | None = None) -> TurnEnd:
+             images: tuple[Path, ...] = (), audio: Path | None = None, stop: AnswerStop | None = None) -> None:
+    """One answer, streamed. Its WAV and --dump-codes appear only when it ends (at EOS, a limit, or stopped by
+    `stop`), each whole; if it fails or the process is interrupted, neither appears and existing files stay."""
     record = CodeDump([]) if args.dump_codes else None
     sinks = AudioSinks(out, player, conv.model.sample_rate)
-    end = None
+    events = conv.respond(text, opts, rng, decode_audio=out is not None or player is not None, record=record,
+                          images=images, audio=audio)
+    reason = "stopped"
     try:
-        for ev in conv.respond(text, opts, rng, decode_audio=out is not None or player is not None, record=record,
-                               images=images, audio=audio):
+        for ev in events:
             if isinstance(ev, Transcript):
                 if args.show_transcript:
                     print(f"[heard: {ev.text}]", flush=True)
@@ -87,94 +105,82 @@ def run_turn(conv: Conversation, text: str | None, args: argparse.Namespace, opt
             elif isinstance(ev, AudioChunk):
                 sinks.write(ev.pcm)
             else:
-                end = ev
-    finally:
-        sinks.close()
+                reason = ev.reason
+            if stop is not None and stop.requested:
+                events.close()  # the answer enters the history as far as it got
+                break
+    except BaseException:
+        sinks.discard()
+        raise
     print()
-    if end.reason != "eos":
-        print(f"[stopped: {'max-new-tokens reached' if end.reason == 'length' else 'context full'}]", file=sys.stderr)
+    sinks.close()
     if record is not None:
         record.write(args.dump_codes)
-    return end
-
-
-def chat(conv: Conversation, args, opts, rng, player) -> None:
-    """Interactive turns; history (and the KV cache of its unchanged prefix) carries over. /reset clears it;
-    `/image PATH` and `/audio PATH` attach a file to the next turn."""
-    turn, attached, spoken = 0, list(args.image), args.audio
-    while True:
-        try:
-            text = input("you> ")
-        except EOFError:
-            print()
-            return
-        if text.strip() in ("/quit", "/exit"):
-            return
-        if text.strip() == "/reset":
-            conv = Conversation(conv.model, args.voice, args.context)
-            continue
-        if text.startswith("/image "):
-            attached.append(Path(text[len("/image "):].strip()))
-            print(f"[attached {attached[-1]} to the next turn]")
-            continue
-        if text.startswith("/audio "):
-            spoken = Path(text[len("/audio "):].strip())
-            print(f"[attached {spoken} to the next turn; press Enter to send it alone]")
-            continue
-        if not text.strip() and spoken is None:
-            continue
-        turn += 1
-        out = args.out.with_name(f"{args.out.stem}-{turn}{args.out.suffix}") if args.out else None
-        print("omni> ", end="", flush=True)
-        try:
-            run_turn(conv, text, args, opts, rng, out, player, tuple(attached), spoken)
-        except OmniError as e:  # a bad attachment should not end the chat
-            print(f"\nomni-run: error: {e}", file=sys.stderr)
-        attached, spoken = [], None
+    if reason != "eos":
+        why = {"length": "max-new-tokens reached", "context": "context full", "stopped": "you stopped it"}[reason]
+        print(f"[stopped: {why}]", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.list_devices:
-            from .live.devices import list_devices
-            print(list_devices())
-            return 0
-        if args.list_voices:
-            print("\n".join(voice_listing(Bundle.open(args.bundle, verify_checksums=False).voices)))
-            return 0
-        if args.text is not None and not args.text.strip() and not args.image and args.audio is None:
-            raise OmniError("--text is empty; give a question, or leave --text out to chat")
-        for path in (args.out, args.dump_codes, args.record):
-            if path is not None:
-                check_writable(path)
-        opts = GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
-                                 text=TextSampling(temperature=args.temperature, top_p=args.top_p))
-        model = OmniModel.load(args.bundle, SessionOptions(threads=args.threads))
-        conv = Conversation(model, args.voice, args.context)
-        rng = None if args.greedy else np.random.default_rng(args.seed)
-        if args.mic:
-            from .live.cli import run_mic
-            run_mic(conv, args, opts, rng)
-            return 0
-        if args.play and model.mimi is None:
-            raise OmniError("--play needs a bundle with the Mimi decoder; re-export it with --mimi <folder>")
-        player = Player(model.sample_rate, model.mimi.dims.frame_samples) if args.play else None
-        try:
-            if args.text is not None or args.image or args.audio is not None:
-                run_turn(conv, args.text, args, opts, rng, args.out, player, tuple(args.image), args.audio)
-            else:
-                chat(conv, args, opts, rng, player)
-        finally:
-            if player is not None:
-                player.close()
+        with stop_cleanly_on_sigterm():
+            return run(args)
     except (OmniError, ValueError) as e:
         print(f"omni-run: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\n[interrupted]", file=sys.stderr)
         return 130
+    except Terminated:
+        print("\n[terminated]", file=sys.stderr)
+        return TERMINATED_EXIT
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        from .live.devices import list_devices
+        print(list_devices())
+        return 0
+    if args.list_voices:
+        bundle = Bundle.open(args.bundle, verify_checksums=False)
+        announce_demo(bundle, "omni-run")
+        print("\n".join(voice_listing(bundle.voices, bundle.voice_path)))
+        return 0
+    if args.text is not None and not args.text.strip() and not args.image and args.audio is None:
+        raise OmniError("--text is empty; give a question, or leave --text out to chat")
+    for flag, path, suffixes in (("--out", args.out, (".wav",)), ("--dump-codes", args.dump_codes, ()),
+                                 ("--record", args.record, (".wav",))):
+        if path is not None:
+            check_output_path(path, flag, suffixes)
+    opts = GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
+                             text=TextSampling(temperature=args.temperature, top_p=args.top_p))
+    model = OmniModel.load(args.bundle, SessionOptions(threads=args.threads))
+    announce_demo(model.bundle, "omni-run")
+    if model.static is not None and args.context not in (None, model.static.context):
+        raise OmniError(f"--context {args.context}: this static bundle's context is fixed at {model.static.context} "
+                        f"positions; leave --context out, or re-export it with "
+                        f"`omni-export --static --context {args.context}`")
+    start = partial(Conversation, model, args.voice, args.context or DEFAULT_CONTEXT)
+    conv = start()
+    rng = None if args.greedy else np.random.default_rng(args.seed)
+    if args.mic:
+        from .live.cli import run_mic
+        run_mic(conv, args, opts, rng)
+        return 0
+    if args.play and model.mimi is None:
+        raise OmniError("--play needs a bundle with the Mimi decoder; re-export it with --mimi <folder>")
+    player = Player(model.sample_rate, model.mimi.dims.frame_samples) if args.play else None
+    try:
+        if args.text is not None or args.image or args.audio is not None:
+            run_turn(conv, args.text, args, opts, rng, args.out, player, tuple(args.image), args.audio)
+        else:
+            answer = partial(run_turn, args=args, opts=opts, rng=rng, player=player)
+            Chat(start, answer, args.out, args.image, args.audio).run()
+    finally:
+        if player is not None:
+            player.close()
     return 0
 
 

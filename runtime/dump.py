@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic_file import write_bytes_atomic
+
 
 @dataclass
 class CodeDump:
@@ -22,7 +24,7 @@ class CodeDump:
     frames: list[list[int]] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
+        write_bytes_atomic(Path(path), (json.dumps(asdict(self)) + "\n").encode("utf-8"))
 
     @classmethod
     def read(cls, path: Path) -> CodeDump:

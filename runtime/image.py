@@ -3,9 +3,8 @@
 It reproduces what upstream feeds the vision tower (eval_omni.py and the training dataset):
 `Image.open(f).convert("RGB")`, then `SiglipImageProcessor` on the PIL path: resize to exactly H x W with the
 folder's filter (no crop, aspect ratio not kept), `x * rescale_factor` in float64 cast to float32, `(x - mean) / std`.
-Consequences, all as upstream: a fully opaque alpha channel is dropped, EXIF orientation is ignored, and an animated
-file gives its first frame. An image with transparent pixels is refused: upstream would feed their stored (hidden)
-colours, and transformers >= 5 would composite onto white instead, so there is no faithful answer to give.
+Consequences, all as upstream: alpha is dropped (transparent pixels give the colour stored under them, which is
+what upstream's model saw in training), EXIF orientation is ignored, and an animated file gives its first frame.
 
 Images above `max_pixels` are refused rather than shrunk: the size is read from the header, before decoding, so a
 huge or decompression-bomb file costs nothing; and a pre-shrink would change the pixels the tower sees, while the
@@ -14,8 +13,8 @@ model only ever sees H x W anyway.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,16 +85,12 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise OmniError(f"image {path} {what}; pass a JPEG, PNG, WebP, BMP or GIF file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies below
+    with _own_pixel_limit():
         try:
             img = Image.open(path)  # reads the header only
         except UnidentifiedImageError:
             raise OmniError(f"{path} is not an image Pillow can read; pass a JPEG, PNG, WebP, BMP or GIF file"
                             ) from None
-        except Image.DecompressionBombError:
-            raise OmniError(f"image {path} declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
-                            f"the limit is {max_pixels / 1e6:.1f} MP: downscale it first") from None
         except OSError as e:
             raise OmniError(f"cannot read image {path}: {e}") from None
     with img:
@@ -104,19 +99,18 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise OmniError(f"image {path} is {w}x{h} ({w * h / 1e6:.1f} MP), over the {max_pixels / 1e6:.1f} MP "
                             f"limit; downscale it first (the vision model only sees a small fixed-size copy)")
         try:
-            transparent = _has_transparency(img)
-            rgb = img.convert("RGB")
+            return img.convert("RGB")  # alpha dropped, as upstream: the colour under transparent pixels is kept
         except Exception as e:  # truncated or corrupt data surfaces only when decoding, as OSError/ValueError/...
             raise OmniError(f"image {path} is damaged and cannot be decoded ({e}); re-save or re-download it") from None
-    if transparent:
-        raise OmniError(f"image {path} has transparent pixels: their hidden colours would reach the model, since "
-                        f"upstream drops alpha; flatten it onto a background first, e.g. "
-                        f"`convert {path.name} -background white -flatten {path.stem}-flat.png`")
-    return rgb
 
 
-def _has_transparency(img: Image.Image) -> bool:
-    """True if any pixel is not fully opaque (an alpha channel that is all 255 is harmless)."""
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return img.getchannel("A").getextrema()[0] < 255
-    return "transparency" in img.info
+@contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb check off while the header is read, so our lower limit reports the real size
+    (Pillow's own refuses only at 2x its limit, and says neither the size nor ours)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved

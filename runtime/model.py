@@ -16,7 +16,7 @@ from .contracts import PREFILL_SUFFIX
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import ContextFull, GenerationOptions, ModelState, Speaker, Stepper, generate
-from .image import PREPROCESSOR_FILE, ImagePreprocessor, preprocess_image
+from .image import PREPROCESSOR_FILE, ImagePreprocessor, open_rgb, preprocess_image
 from .inject import IMAGE_PAD, prompt_features, user_content
 from .prompt import VOICE_SYSTEM_PROMPT, Message, TextTokenizer
 from .session import GraphSession, SessionOptions
@@ -71,21 +71,43 @@ class OmniModel:
     def _session(self, name: str, opts: SessionOptions) -> GraphSession:
         return GraphSession(self.bundle.graph_path(name), self.bundle.specs[name], opts)
 
-    def encode_image(self, path: Path) -> np.ndarray:
-        """Image file -> the Thinker embeddings for its `<|image_pad|>` run, float32 [image_token_len, hidden]."""
+    def require_vision(self) -> None:
         if self.vision is None:
             raise OmniError("this bundle has no vision graph; re-export it with --siglip <siglip2-base-p32-256-ve>")
+
+    def check_image(self, path: Path) -> None:
+        """OmniError unless this bundle reads images and `path` is one it accepts (decoded once to be sure)."""
+        self.require_vision()
+        open_rgb(path, self.image_prep.max_pixels)
+
+    def check_audio(self, path: Path) -> None:
+        """OmniError unless this bundle takes spoken questions and `path` is audio it accepts (decoded once)."""
+        self.require_speech()
+        load_audio(path)
+
+    def encode_image(self, path: Path) -> np.ndarray:
+        """Image file -> the Thinker embeddings for its `<|image_pad|>` run, float32 [image_token_len, hidden]."""
+        self.require_vision()
         return self.vision.run({"pixel_values": preprocess_image(path, self.image_prep)})["image_embeds"][0]
 
     def encode_audio(self, path: Path | np.ndarray) -> tuple[np.ndarray, str]:
         """Speech file, or 16 kHz mono float32 PCM (a live turn) -> (Thinker embeddings float32 [frames, hidden], one
         per `<|audio_pad|>`; its transcript)."""
-        if self.speech is None:
-            raise OmniError("this bundle has no speech encoder; re-export it with --sensevoice <SenseVoiceSmall folder>")
+        self.require_speech()
         wav = np.asarray(path, np.float32) if isinstance(path, np.ndarray) else load_audio(path)
         rows = self.speech.encode(wav)
         embeds = self.audio_projector.run({"audio_features": rows[None]})["audio_embeds"][0]
         return embeds, self.speech.transcribe(wav)
+
+    def require_speech(self) -> None:
+        """OmniError unless this bundle takes spoken questions (a static bundle never does)."""
+        if self.speech is not None:
+            return
+        if self.static is not None:
+            raise OmniError("a static bundle cannot hold the speech encoder (its input length varies), so it takes no "
+                            "spoken questions; use a dynamic bundle (omni-export without --static, with --sensevoice "
+                            "<SenseVoiceSmall folder>)")
+        raise OmniError("this bundle has no speech encoder; re-export it with --sensevoice <SenseVoiceSmall folder>")
 
     @classmethod
     def load(cls, root: Path, opts: SessionOptions = SessionOptions()) -> OmniModel:
@@ -186,8 +208,7 @@ class Conversation:
         ids = self.prompt_ids(content, opts.open_thinking)
         features = prompt_features(ids, self.model.config, audio_embeds, image_embeds)
         if len(ids) >= self.context:
-            raise OmniError(f"the prompt is {len(ids)} tokens but the context holds {self.context}; "
-                            f"start a new conversation or raise --context")
+            raise OmniError(self._context_full_message(len(ids)))
         if record is not None:
             record.prompt_ids[:] = ids
         mimi_state = self.model.mimi.initial_state() if decode_audio else None
@@ -216,6 +237,15 @@ class Conversation:
         reply = tok.decode(text_ids)
         self._commit(user_text, heard, content, reply)
         yield TurnEnd(reply, reason)
+
+    def _context_full_message(self, prompt_tokens: int) -> str:
+        if self.model.static is None:
+            return (f"the prompt is {prompt_tokens} tokens but the context holds {self.context}; start a new "
+                    f"conversation or raise --context")
+        room = 1 << (prompt_tokens + 512).bit_length()  # the prompt and an answer of a few hundred tokens
+        return (f"the prompt is {prompt_tokens} tokens but this static bundle's context is fixed at {self.context} "
+                f"(--context cannot change it); start a new conversation, or re-export the bundle with "
+                f"`omni-export --static --context {room}`")
 
     def _commit(self, user_text: str, heard: str, content: str, reply: str) -> None:
         said = " ".join(t for t in (user_text, heard) if t) or content.replace(IMAGE_PAD, "").strip()

@@ -71,8 +71,12 @@ def load_audio(path: str | Path, max_seconds: float = MAX_SECONDS) -> np.ndarray
     import soundfile as sf
 
     path = Path(path)
+    if path.is_dir():
+        raise OmniError(f"audio file {path} is a folder; pass a WAV, FLAC, OGG or MP3 file")
     if not path.is_file():
         raise OmniError(f"audio file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise OmniError(f"audio file {path} is empty (0 bytes); record or export it again")
     try:
         info = sf.info(path)
         if info.frames > max_seconds * info.samplerate:

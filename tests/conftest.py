@@ -119,3 +119,14 @@ def tiny_clone_bundle(tiny_checkpoint, tiny_mimi, tiny_campplus, tmp_path_factor
     from omni_onnx.export.cli import Sources, export_bundle
     return export_bundle(Sources(tiny_checkpoint, tiny_mimi, campplus=tiny_campplus),
                          tmp_path_factory.mktemp("bundles") / "tiny_clone", verify=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_static_bundle(tiny_lively_checkpoint, tiny_mimi, tiny_siglip, tmp_path_factory) -> Path:
+    """A static bundle (context 160, prefill chunk 8) with Mimi and vision: test_static checks it, test_cli_errors
+    runs the CLI on it."""
+    from omni_onnx.contracts import StaticShape
+    from omni_onnx.export.cli import Sources, export_bundle
+    return export_bundle(Sources(tiny_lively_checkpoint, tiny_mimi, tiny_siglip),
+                         tmp_path_factory.mktemp("static") / "bundle", verify=False,
+                         static=StaticShape(context=160, prefill_chunk=8))

@@ -4,6 +4,8 @@ and the clear errors for files that are not usable images."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,17 @@ def hf_pixels(config: dict, path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def odd_images(tmp_path_factory) -> list[Path]:
-    """Non-square and non-RGB inputs: opaque RGBA, palette, grayscale, 16-bit grayscale, CMYK."""
+    """Non-square and non-RGB inputs: opaque and transparent RGBA, palette, grayscale, 16-bit grayscale, CMYK."""
     d = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (300, 517, 4), dtype=np.uint8)
     opaque = rgba.copy()
     opaque[..., 3] = 255
+    transparent = rgba.copy()
+    transparent[:100, :200, 3] = 0
     files = {"rgba.png": Image.fromarray(opaque, "RGBA"),
+             "transparent.png": Image.fromarray(transparent, "RGBA"),
+             "transparent_la.png": Image.fromarray(transparent[..., 2:], "LA"),
              "palette.gif": Image.fromarray(rgba[..., :3], "RGB").quantize(64),
              "gray.jpg": Image.fromarray(rgba[..., 0]),
              "gray16.png": Image.fromarray(rng.integers(0, 65536, (199, 64), dtype=np.uint16)),
@@ -51,8 +57,8 @@ def test_eval_images_match_hf_processor(path):
 
 
 def test_other_modes_shapes_and_settings_match_hf_processor(odd_images):
-    """Opaque alpha is dropped as upstream's `.convert("RGB")` drops it; the folder's filter, size, mean and std
-    are used."""
+    """Alpha, opaque or not, is dropped as upstream's `.convert("RGB")` drops it; the folder's filter, size, mean
+    and std are used."""
     other = {**PREPROCESSOR_CONFIG, "resample": 3, "size": {"height": 224, "width": 160},
              "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
     for config in (PREPROCESSOR_CONFIG, other):
@@ -69,8 +75,18 @@ def test_defaults_are_siglip2_fixed_res(tmp_path):
     assert ImagePreprocessor.from_hf_config(written) == ImagePreprocessor()
 
 
-BAD_INPUTS = {"transparent": "has transparent pixels", "missing": "does not exist", "folder": "is a folder", "text": "not an image", "empty": "not an image",
-              "truncated": "damaged", "20 MP": r"5472x3656 \(20.0 MP\), over the 16.8 MP limit"}
+BAD_INPUTS = {"missing": "does not exist", "folder": "is a folder", "text": "not an image", "empty": "not an image",
+              "truncated": "damaged", "20 MP": r"5472x3656 \(20.0 MP\), over the 16.8 MP limit",
+              "400 MP header": r"20000x20000 \(400.0 MP\), over the 16.8 MP limit"}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG declaring `width` x `height` (8-bit gray) whose pixel data is a few bytes: what a huge image's header
+    looks like, without writing hundreds of MB in a test."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(16))))
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +97,9 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(d / "full.jpg")
     (d / "truncated.jpg").write_bytes((d / "full.jpg").read_bytes()[:3000])
     Image.new("L", (5472, 3656), 128).save(d / "20mp.png")  # 20.0 MP in a 27 kB file
-    rgba = np.full((64, 64, 4), 200, np.uint8)
-    rgba[:8, :8, 3] = 0
-    Image.fromarray(rgba, "RGBA").save(d / "alpha.png")
-    return {"transparent": d / "alpha.png", "missing": d / "nope.jpg", "folder": d, "text": d / "notes.jpg", "empty": d / "empty.png",
-            "truncated": d / "truncated.jpg", "20 MP": d / "20mp.png"}
+    (d / "400mp.png").write_bytes(png_header_only(20000, 20000))  # over 2x Pillow's own limit: it would refuse first
+    return {"missing": d / "nope.jpg", "folder": d, "text": d / "notes.jpg", "empty": d / "empty.png",
+            "truncated": d / "truncated.jpg", "20 MP": d / "20mp.png", "400 MP header": d / "400mp.png"}
 
 
 @pytest.mark.parametrize("label", BAD_INPUTS)

@@ -125,7 +125,7 @@ def run_mic(conv: Conversation, args: argparse.Namespace, gen: GenerationOptions
     with ExitStack() as stack:  # on the way out, in order: cut playback, close speaker, microphone, --record
         record = None
         if args.record is not None:
-            record = WavWriter(args.record, MIC_RATE, channels=2)
+            record = WavWriter(args.record, MIC_RATE, channels=2, flag="--record")
             stack.callback(record.close)
         stack.enter_context(native_errors_filtered())
         mic, speaker, clock = open_devices(args, model.sample_rate)
