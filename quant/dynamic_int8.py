@@ -52,7 +52,7 @@ def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
             shutil.copyfile(src, q)
         else:
             quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                             weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+                             weight_type=QuantType.QInt8, reduce_range=True, extra_options={"MatMulConstBOnly": True})
         if recipe.optimize_offline:
             o = Path(tmp) / "optimized.onnx"
             optimize_offline(q, o, opts)

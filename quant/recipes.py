@@ -3,7 +3,10 @@ each graph was built with, so a bundle says how it was made and `--report` can s
 
 Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure on trained weights):
 - Thinker, Talker, projectors, encoders: dynamic per-channel QInt8 weights on MatMul (QUInt8 was measured
-  slower on this CPU, issue 5).
+  slower on this CPU, issue 5), in 7 bits (`reduce_range`): on x86 CPUs without VNNI (AVX2 only, as many laptops)
+  onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW, whose int16 pair sums saturate with
+  8-bit weights (measured on a 2-core AMD EPYC with AVX2 only: tiny int8 Thinker logits cosine 0.981 vs fp32;
+  with 7-bit weights the fidelity tests pass there as they do with VNNI). A bundle is made once and run anywhere.
   The decode step streams its weights, so int8 cuts its memory traffic by ~4x (full-size step 17.9 -> 5.6 ms).
   Per-tensor scales were ~10% faster (5.1 ms) but cut the teacher-forced text top-1 from 1.000 to 0.948.
 - Embedding tables (Gather only): int8 with per-row scales (gather_int8.py); the Thinker's is shared with its tied
