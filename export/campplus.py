@@ -27,6 +27,7 @@ from torch import nn
 
 from omni_onnx.contracts import campplus_spec
 
+from .checkpoint import torch_load
 from .common import OPSET, export_graph, verify_graph
 
 FEAT_DIM = 80
@@ -192,16 +193,19 @@ class CAMPPlus(nn.Module):
         return self.xvector(self.head(features.transpose(1, 2)))
 
 
-def load_campplus(path: str | Path) -> CAMPPlus:
-    """Load `campplus_cn_common.pt` (a plain state dict, any float dtype) strictly, in eval mode, fp32."""
+def check_campplus_file(path: str | Path) -> Path:
+    """That the checkpoint is a file, checked before any work."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"CAM++ checkpoint {path} does not exist; pass upstream's "
+        raise ValueError(f"CAM++ checkpoint {path} is not a file; pass upstream's "
                          f"model/campplus/campplus_cn_common.pt (ModelScope gongjy/campplus)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read CAM++ checkpoint {path}: {e}") from None
+    return path
+
+
+def load_campplus(path: str | Path) -> CAMPPlus:
+    """Load `campplus_cn_common.pt` (a plain state dict, any float dtype) strictly, in eval mode, fp32."""
+    path = check_campplus_file(path)
+    sd = torch_load(path, "CAM++ checkpoint", "pass upstream's model/campplus/campplus_cn_common.pt")
     if not isinstance(sd, dict):
         raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict; expected campplus_cn_common.pt")
     model = CAMPPlus()
