@@ -66,7 +66,7 @@ def unreadable_reason(path: Path, error: Exception) -> str:
         return "the file is empty"
     if isinstance(error, EOFError) or "central directory" in str(error):
         return "the file is truncated"
-    return f"it is not a torch or safetensors file, or it is damaged ({type(error).__name__})"
+    return "it is not a torch or safetensors file, or it is damaged"
 
 
 def torch_load(path: Path, what: str, fix: str) -> Any:
