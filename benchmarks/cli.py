@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as e:
         print(f"omni-bench: error: {e}", file=sys.stderr)
         return 2
-    except (OmniError, ValueError) as e:
+    except (OmniError, ValueError, OSError) as e:
         print(f"omni-bench: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -29,6 +29,7 @@ from omni_onnx.contracts import campplus_spec
 
 from .checkpoint import torch_load
 from .common import OPSET, export_graph, verify_graph
+from .inputs import check_campplus_file
 
 FEAT_DIM = 80
 EMBEDDING_SIZE = 192
@@ -191,15 +192,6 @@ class CAMPPlus(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.xvector(self.head(features.transpose(1, 2)))
-
-
-def check_campplus_file(path: str | Path) -> Path:
-    """That the checkpoint is a file, checked before any work."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"CAM++ checkpoint {path} is not a file; pass upstream's "
-                         f"model/campplus/campplus_cn_common.pt (ModelScope gongjy/campplus)")
-    return path
 
 
 def load_campplus(path: str | Path) -> CAMPPlus:

@@ -48,18 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "the Mimi encoder, for omni-voices add (voice cloning)")
     p.add_argument("--voices", type=Path, nargs="*", default=[RELEASED_VOICES],
                    help="voices.pt files or folders of .npz voices (default: the 12 released presets)")
-    p.add_argument("--out", type=Path, default=default_bundle_dir(), help="bundle folder to write (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=default_bundle_dir(),
+                   help="bundle folder to write (default: %(default)s)")
     p.add_argument("--moe", action="store_true", help="with --from-hub: the MoE release")
     p.add_argument("--hub-mirror", type=Path, help="with --from-hub: a local folder laid out as <owner>/<name>/")
-    p.add_argument("--demo-size", choices=("tiny", "full"), default="tiny", help="with --demo: model size (default: "
-                                                                                 "%(default)s)")
+    p.add_argument("--demo-size", choices=("tiny", "full"), default="tiny",
+                   help="with --demo: model size (default: %(default)s)")
     p.add_argument("--skip-verify", action="store_true", help="skip the torch-vs-onnxruntime parity checks")
     p.add_argument("--precision", choices=("fp32", *RECIPES), default="fp32",
                    help="quantize the bundle with this omni-quant recipe before it is moved into place (int4: "
                         "Thinker+Talker; default: %(default)s)")
     p.add_argument("--static", action="store_true",
                    help="fixed-shape Thinker/Talker graphs (no symbolic dim: NPUs, mobile); no speech encoder yet")
-    p.add_argument("--context", type=int, default=1024, help="with --static: KV buffer capacity in positions (default: %(default)s)")
+    p.add_argument("--context", type=int, default=1024,
+                   help="with --static: KV buffer capacity in positions (default: %(default)s)")
     p.add_argument("--prefill-chunk", type=int, default=32,
                    help="with --static: positions per prefill call (1: no prefill graphs, decode graphs only; default: "
                         "%(default)s)")
@@ -197,10 +199,7 @@ def check_sources(static: StaticShape | None, checkpoint: Path | None = None, mi
                   campplus: Path | None = None) -> None:
     """Every input path given and the option combination, before the first graph (an export takes minutes);
     raises ValueError naming the first bad one and the fix."""
-    from .campplus import check_campplus_file
-    from .mimi_decoder import check_mimi_folder
-    from .sensevoice import resolve_folder
-    from .siglip import check_siglip_folder
+    from .inputs import check_campplus_file, check_mimi_folder, check_siglip_folder, resolve_folder
     from .voices import read_voices
 
     if static is not None and (sensevoice is not None or campplus is not None):
@@ -294,7 +293,11 @@ def build(args: argparse.Namespace) -> Path:
     """Export, quantize and convert inside a staging folder beside `--out`; only the finished bundle is moved
     into place, so an error or Ctrl-C at any stage leaves `--out` as it was."""
     static = StaticShape(args.context, args.prefill_chunk) if args.static else None
+    if not args.demo:  # the paths given, before the first heavy import (torch, onnx: seconds; transformers: ~20 s)
+        check_sources(static, args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
+                      args.campplus)
     check_out(args.out)
+    from .common import ParityError
     staging = staging_dir(args.out)
     try:
         verify = not args.skip_verify
@@ -304,7 +307,6 @@ def build(args: argparse.Namespace) -> Path:
         else:
             if args.from_hub:
                 from .hub import fetch_release
-                check_sources(static, voices=tuple(args.voices), campplus=args.campplus)
                 r = fetch_release(HubSource(args.hub_mirror), args.moe)
                 sources = Sources(r.checkpoint, r.mimi, r.siglip, None if static else r.sensevoice,
                                   tuple(args.voices), args.campplus)
@@ -323,6 +325,9 @@ def build(args: argparse.Namespace) -> Path:
             convert_bundle(bundle)
         move_into_place(bundle, args.out)
         return args.out
+    except ParityError as e:
+        raise OmniError(f"{one_line(e)}; the exported graph does not compute what the checkpoint does: report "
+                        f"it with this command (--skip-verify writes the bundle unchecked)") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -343,19 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         require("omni-export", EXPORT_MODULES, EXPORT_INSTALL)
-        from .common import ParityError
-        try:
-            out = build(args)
-        except ParityError as e:
-            raise OmniError(f"{one_line(e)}: the exported graph does not compute what the checkpoint does; report "
-                            f"it with this command (--skip-verify writes the bundle unchecked)") from None
+        out = build(args)
     except KeyboardInterrupt:
         print("omni-export: interrupted; nothing written", file=sys.stderr)
         return 130
     except MissingExtra as e:
         print(f"omni-export: error: {e}", file=sys.stderr)
         return 2
-    except (OmniError, ValueError) as e:
+    except (OmniError, ValueError, OSError) as e:
         print(f"omni-export: error: {e}", file=sys.stderr)
         return 1
     print(f"bundle ready: {out}\nrun it: omni-run --bundle {out} --text \"Why is the sky blue?\" --out reply.wav")

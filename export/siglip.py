@@ -23,21 +23,10 @@ from omni_onnx.contracts import vision_spec
 from omni_onnx.image import PREPROCESSOR_FILE
 
 from .common import export_graph, verify_graph
+from .inputs import check_siglip_folder
 from .modeling import OmniTorchModel
 
 FILENAME = "vision.onnx"
-_FIX = "pass upstream's SigLIP2 vision folder (siglip2-base-p32-256-ve)"
-
-
-def check_siglip_folder(folder: str | Path) -> Path:
-    """The folder's layout (config.json + preprocessor_config.json), checked before any work."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"SigLIP folder {folder} does not exist; {_FIX}")
-    for name in ("config.json", PREPROCESSOR_FILE):
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder / name} is missing; {_FIX}")
-    return folder
 
 
 def load_siglip(folder: str | Path) -> SiglipVisionModel:

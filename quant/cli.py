@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="new bundle folder (default: <bundle>-<recipe> beside it)")
     p.add_argument("--report", action="store_true",
                    help=f"also compare the new bundle with the source and write {REPORT}.json/.md into it")
-    p.add_argument("--steps", type=int, default=32, help="with --report: steps of the teacher-forced/greedy runs (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+    p.add_argument("--steps", type=int, default=32,
+                   help="with --report: steps of the teacher-forced/greedy runs (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: 0, one per core)")
     return p
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as e:
         print(f"omni-quant: error: {e}", file=sys.stderr)
         return 2
-    except (OmniError, ValueError) as e:
+    except (OmniError, ValueError, OSError) as e:
         print(f"omni-quant: error: {e}", file=sys.stderr)
         return 1
     return 0

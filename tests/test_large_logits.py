@@ -72,7 +72,8 @@ def test_parity_gate_is_relative_to_each_outputs_scale():
 
 def greedy_identical(bundle: Path, model) -> None:
     dump = CodeDump([])
-    list(Conversation(OmniModel.load(bundle)).respond(QUESTION, GenerationOptions(max_new_tokens=32, greedy=True), decode_audio=False, record=dump))
+    list(Conversation(OmniModel.load(bundle)).respond(QUESTION, GenerationOptions(max_new_tokens=32, greedy=True),
+                                                      decode_audio=False, record=dump))
     ref = reference_generate(model, chat_prompt_ids([{"role": "user", "content": QUESTION}]), 32, greedy=True)
     assert (dump.prompt_ids, dump.text_ids, dump.audio_codes) == (ref.prompt_ids, ref.text_ids, ref.audio_codes)
     assert len(set(ref.text_ids)) > 1  # the lively weights: a varied answer, not one repeated token
