@@ -41,8 +41,8 @@ def check_campplus_file(path: str | Path) -> Path:
     """That the checkpoint is a file, checked before any work."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"CAM++ checkpoint {path} is not a file; pass upstream's "
-                         f"model/campplus/campplus_cn_common.pt (ModelScope gongjy/campplus)")
+        raise ValueError(f"CAM++ checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass "
+                         f"upstream's model/campplus/campplus_cn_common.pt (ModelScope gongjy/campplus)")
     return path
 
 

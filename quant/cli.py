@@ -49,7 +49,7 @@ def check_source(src: Bundle, out: Path) -> None:
         raise ValueError(f"--out must differ from the source bundle {src.root}")
     made = src.manifest.get("quantization")
     if made:
-        raise ValueError(f"{src.root} is already a {made.get('recipe')} bundle; quantize the fp32 bundle it was "
+        raise ValueError(f"{src.root} is already quantized ({made.get('recipe')}); quantize the fp32 bundle it was "
                          f"made from (omni-export writes one)")
     check_out(out)
 

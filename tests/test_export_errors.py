@@ -137,7 +137,7 @@ def test_quant_refuses_a_quantized_bundle(tiny_bundle, tmp_path, capsys):
     manifest["quantization"] = {"recipe": "int8"}
     (src / "manifest.json").write_text(json.dumps(manifest))
     rc, err = run(capsys, "omni-quant", str(src), "--to", "int8", "--out", str(tmp_path / "again"))
-    assert_one_line(rc, err, 1, "is already a int8 bundle", "fp32 bundle")
+    assert_one_line(rc, err, 1, "is already quantized (int8)", "fp32 bundle")
     assert not (tmp_path / "again").exists()
 
 
