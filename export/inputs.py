@@ -13,12 +13,17 @@ from omni_onnx.image import PREPROCESSOR_FILE
 SIGLIP_FIX = "pass upstream's SigLIP2 vision folder (siglip2-base-p32-256-ve)"
 
 
+def _absent(path: Path) -> str:
+    """Why a path that should be a folder (or a file) is not: it is the other kind, or it is missing."""
+    return "is a file" if path.is_file() else "is a folder" if path.is_dir() else "does not exist"
+
+
 def check_mimi_folder(folder: str | Path) -> Path:
     """The folder's layout (config.json + weights), checked before any work; raises ValueError naming the fix."""
     folder = Path(folder)
     fix = "pass the Hugging Face kyutai/mimi folder (upstream's model/mimi)"
     if not folder.is_dir():
-        raise ValueError(f"Mimi folder {folder} is not a folder; {fix}")
+        raise ValueError(f"Mimi folder {folder} {_absent(folder)}; {fix}")
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder / 'config.json'} is missing; {fix}, which holds config.json beside the weights")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
@@ -30,7 +35,7 @@ def check_siglip_folder(folder: str | Path) -> Path:
     """The folder's layout (config.json + preprocessor_config.json), checked before any work."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"SigLIP folder {folder} is not a folder; {SIGLIP_FIX}")
+        raise ValueError(f"SigLIP folder {folder} {_absent(folder)}; {SIGLIP_FIX}")
     for name in ("config.json", PREPROCESSOR_FILE):
         if not (folder / name).is_file():
             raise ValueError(f"{folder / name} is missing; {SIGLIP_FIX}")
@@ -41,7 +46,7 @@ def check_campplus_file(path: str | Path) -> Path:
     """That the checkpoint is a file, checked before any work."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"CAM++ checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass "
+        raise ValueError(f"CAM++ checkpoint {path} {_absent(path)}; pass "
                          f"upstream's model/campplus/campplus_cn_common.pt (ModelScope gongjy/campplus)")
     return path
 
@@ -75,7 +80,7 @@ def resolve_folder(folder: str | Path) -> SenseVoiceFolder:
     root = Path(folder)
     fix = "pass the FunAudioLLM/SenseVoiceSmall folder (upstream's model/SenseVoiceSmall)"
     if not root.is_dir():
-        raise ValueError(f"SenseVoice folder {root} does not exist; {fix}")
+        raise ValueError(f"SenseVoice folder {root} {_absent(root)}; {fix}")
     metas = _file_metas(root)
     bpe = (metas.get("tokenizer_conf") or {}).get("bpemodel")
     cmvn = (metas.get("frontend_conf") or {}).get("cmvn_file", "am.mvn")
