@@ -20,6 +20,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from omni_onnx import __version__
+from omni_onnx.errors import OmniError
+from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, require
+
 from . import plots, quality
 from .machine import describe
 
@@ -78,7 +82,7 @@ def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, pr
     from omni_onnx.model import OmniModel
     from omni_onnx.session import SessionOptions
 
-    from . import fidelity, latency, memory
+    from . import latency, memory
 
     out: dict = {"bundle": bundle_identity(root)}
     model = OmniModel.load(root, SessionOptions(threads=threads))
@@ -88,6 +92,7 @@ def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, pr
         out["memory"] = memory.measure(root, plan.max_new_tokens, threads)
         progress()
     if "fidelity" in suites:
+        from . import fidelity  # torch, onnx: the export extra, checked by torch_reference
         out["fidelity"] = fidelity.fidelity(model, reference, plan.contexts, plan.steps, plan.greedy_steps, progress)
     if "quality" in suites:
         questions = quality.eval_questions()[:plan.questions]
@@ -197,60 +202,89 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def torch_reference(p: argparse.ArgumentParser, a: argparse.Namespace, bundles: list[Path]):
+def torch_reference(a: argparse.Namespace, bundles: list[Path]):
     """The fidelity suite's torch side, after checking it can run and holds the bundles' weights."""
     from omni_onnx.bundle import sha256_file
 
-    from .fidelity import TorchReference, TorchSources, require_torch, same_weights
-
     if a.checkpoint is None:
-        p.error("the fidelity suite compares each bundle with the PyTorch reference on the same weights: give "
-                "--checkpoint (and --mimi/--sensevoice/--siglip: the folders the bundle was exported from)")
-    try:
-        require_torch()
-    except ImportError as e:
-        p.error(str(e))
+        raise OmniError("the fidelity suite compares each bundle with the PyTorch reference on the same weights: give "
+                        "--checkpoint (and --mimi/--sensevoice/--siglip: the folders the bundle was exported from)")
+    require("omni-bench --suite fidelity", EXPORT_MODULES, f"{EXPORT_INSTALL}, or leave fidelity out of --suite")
+    from .fidelity import TorchReference, TorchSources, same_weights
+
     if not a.checkpoint.is_file():
-        p.error(f"--checkpoint {a.checkpoint} is not a file")
+        raise OmniError(f"--checkpoint {a.checkpoint} is not a file")
     sha = sha256_file(a.checkpoint)
     for b in bundles:
         manifest = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
         if not same_weights(manifest, sha):
-            p.error(f"{b} was exported from a checkpoint with sha256 "
-                    f"{(manifest.get('source') or {}).get('checkpoint_sha256')}, but --checkpoint {a.checkpoint} has "
-                    f"{sha}; pass the checkpoint the bundle was exported from")
+            raise OmniError(f"{b} was exported from a checkpoint with sha256 "
+                            f"{(manifest.get('source') or {}).get('checkpoint_sha256')}, but --checkpoint "
+                            f"{a.checkpoint} has {sha}; pass the checkpoint the bundle was exported from")
     return TorchReference(TorchSources(a.checkpoint, a.mimi, a.sensevoice, a.siglip), a.threads, sha)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from omni_onnx.bundle import default_bundle_dir
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="omni-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--bundle", type=Path, action="append", help="a bundle to measure (repeatable; default: the "
                    "omni-export cache location)")
     p.add_argument("--suite", help=f"comma-separated, of: {', '.join(SUITES)} (default: all; fidelity only "
                    "with --checkpoint)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, seconds on a tiny bundle)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/omni-bench"))
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/omni-bench"),
+                   help="folder for results.json, results.md and the plots (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, help="fidelity: the .pth the bundles were exported from")
     p.add_argument("--mimi", type=Path, help="fidelity: the Mimi folder the bundles were exported from")
     p.add_argument("--sensevoice", type=Path, help="fidelity: the SenseVoiceSmall folder")
     p.add_argument("--siglip", type=Path, help="fidelity: the SigLIP folder")
     p.add_argument("--voice", help="quality: the voice cloned for the similarity figure (default: the first)")
-    a = p.parse_args(argv)
+    return p
+
+
+def write_results(results: dict, out: Path) -> str:
+    """results.json, results.md and the plots, written into a staging folder and each moved into `out` at the
+    end: an error or Ctrl-C leaves the previous run's files, never a half-written one. Returns the summary."""
+    import os
+    import shutil
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".omni-bench.", dir=out))
+    except OSError as e:
+        raise OmniError(f"cannot write the results into --out {out} ({e.strerror}); choose a writable folder") from None
+    try:
+        (staging / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+        table = markdown(results)
+        (staging / "results.md").write_text(table, encoding="utf-8")
+        pngs, why_not = plots.write(results, staging)
+        for f in ("results.json", "results.md", *pngs):
+            os.replace(staging / f, out / f)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return table + (f"plots: {', '.join(pngs)}" if pngs else f"plots skipped: {why_not}") + f"\nwritten to {out}"
+
+
+def run(a: argparse.Namespace) -> str:
+    from omni_onnx.bundle import default_bundle_dir
+
     default = [s for s in SUITES if s != "fidelity" or a.checkpoint is not None]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
     if unknown or not suites:
-        p.error(f"unknown suite(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SUITES)}")
+        raise OmniError(f"unknown suite(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SUITES)}")
+    if "quality" in suites:
+        require("omni-bench --suite quality", ("jiwer",), f"{BENCH_INSTALL}, or leave quality out of --suite")
     bundles = a.bundle or [default_bundle_dir()]
     for b in bundles:
         if not (b / "manifest.json").is_file():
-            p.error(f"{b} is not a bundle (no manifest.json); build one with omni-export, or pass --bundle DIR")
+            raise OmniError(f"{b} is not a bundle (no manifest.json); build one with omni-export, or pass --bundle DIR")
     t0 = time.perf_counter()
-    reference = torch_reference(p, a, bundles) if "fidelity" in suites else None
+    reference = torch_reference(a, bundles) if "fidelity" in suites else None
     plan = Plan.of(a.quick)
     questions = plan.questions or len(quality.eval_questions())
     total = 0
@@ -266,14 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
                "plan": asdict(plan), "seconds": time.perf_counter() - t0, "bundles": runs}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    table = markdown(results)
-    (a.out / "results.md").write_text(table, encoding="utf-8")
-    print(table)
-    pngs, why_not = plots.write(results, a.out)
-    print(f"plots: {', '.join(pngs)}" if pngs else f"plots skipped: {why_not}")
-    print(f"written to {a.out}")
+    return write_results(results, a.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        print(run(a))
+    except KeyboardInterrupt:
+        print("omni-bench: interrupted; no results written", file=sys.stderr)
+        return 130
+    except MissingExtra as e:
+        print(f"omni-bench: error: {e}", file=sys.stderr)
+        return 2
+    except (OmniError, ValueError, OSError) as e:
+        print(f"omni-bench: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,23 +33,12 @@ class TorchSources:
     siglip: Path | None = None
 
 
-def require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"the fidelity suite runs the PyTorch reference, but {e.name} is not installed: "
-                          "pip install 'omni-onnx[export]' (torch first, the CPU build), or leave fidelity out of "
-                          "--suite") from e
-
-
 class TorchReference:
     """The torch side, loaded once per invocation and shared by every bundle: the Thinker + Talker model, Mimi's
     streaming step, SenseVoice and the vision graph (those whose folder was given), the read bandwidth and the fp32
     matmul rate (the floors)."""
 
     def __init__(self, src: TorchSources, threads: int, checkpoint_sha256: str):
-        require_torch()
         import torch
         from omni_onnx.export.checkpoint import load_model
 

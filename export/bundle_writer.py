@@ -29,10 +29,13 @@ def copy_tokenizer(out: Path) -> list[str]:
 
 
 def write_manifest(out: Path, cfg: ModelConfig, graphs: dict[str, tuple[Path, GraphSpec]], files: list[str],
-                   voices: list[str], source: dict[str, Any], sections: dict[str, Any]) -> Path:
+                   voices: list[str], source: dict[str, Any], sections: dict[str, Any],
+                   random_weights: bool = False) -> Path:
     """Graphs and files are given relative to `out`; their sha256 are computed here. `sections`: the optional
-    graphs' settings (mimi, vision, speech) and the static shapes, each null when that graph is absent."""
+    graphs' settings (mimi, vision, speech) and the static shapes, each null when that graph is absent.
+    `random_weights`: a demo bundle, which the runtime announces (top-level "random_weights": true)."""
     manifest = {
+        **({"random_weights": True} if random_weights else {}),
         "format_version": BUNDLE_FORMAT_VERSION,
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

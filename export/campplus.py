@@ -27,7 +27,9 @@ from torch import nn
 
 from omni_onnx.contracts import campplus_spec
 
+from .checkpoint import torch_load
 from .common import OPSET, export_graph, verify_graph
+from .inputs import check_campplus_file
 
 FEAT_DIM = 80
 EMBEDDING_SIZE = 192
@@ -194,14 +196,8 @@ class CAMPPlus(nn.Module):
 
 def load_campplus(path: str | Path) -> CAMPPlus:
     """Load `campplus_cn_common.pt` (a plain state dict, any float dtype) strictly, in eval mode, fp32."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"CAM++ checkpoint {path} does not exist; pass upstream's "
-                         f"model/campplus/campplus_cn_common.pt (ModelScope gongjy/campplus)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read CAM++ checkpoint {path}: {e}") from None
+    path = check_campplus_file(path)
+    sd = torch_load(path, "CAM++ checkpoint", "pass upstream's model/campplus/campplus_cn_common.pt")
     if not isinstance(sd, dict):
         raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict; expected campplus_cn_common.pt")
     model = CAMPPlus()

@@ -59,17 +59,29 @@ def load_model(path: str | Path) -> OmniTorchModel:
     return model.eval()
 
 
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch/safetensors could not read `path`, as one complete phrase: their own messages run over many lines
+    (torch's weights-only notice alone is a paragraph) and name internals such as `pop from empty list`."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(error, EOFError) or "central directory" in str(error):
+        return "the file is truncated"
+    return "it is not a torch or safetensors file, or it is damaged"
+
+
+def torch_load(path: Path, what: str, fix: str) -> Any:
+    """torch.load (weights only; safetensors for `.safetensors`), or one ValueError line: what, why, and the fix."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-            obj: Any = load_file(path)
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many types for a foreign or truncated file
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"cannot read {path} as a torch or safetensors checkpoint ({why}); "
-                         f"pass upstream's sft_omni_*.pth or a transformers folder") from None
+        raise ValueError(f"cannot read {what} {path}: {unreadable_reason(path, e)}; {fix}") from None
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    obj = torch_load(path, "checkpoint", "pass upstream's sft_omni_*.pth or a transformers folder")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} is not a flat state dict {{name: tensor}} (got {type(obj).__name__}); "
                          f"pass upstream's sft_omni_*.pth, not a training/resume checkpoint")

@@ -10,30 +10,33 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from omni_onnx import __version__
 from omni_onnx.bundle import MANIFEST, default_bundle_dir, sha256_file
 from omni_onnx.config import FULL, TINY
 from omni_onnx.contracts import GraphSpec, StaticShape, talker_spec, thinker_spec
+from omni_onnx.errors import OmniError
 from omni_onnx.image import PREPROCESSOR_FILE
 from omni_onnx.quant.recipes import RECIPES
 
-from . import talker, thinker
-from .bundle_writer import copy_tokenizer, write_manifest
-from .checkpoint import load_model
-from .hub import HubSource, fetch_release
-from .voices import RELEASED_VOICES, write_voices
+from .extras import EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, require
+from .hub import HubSource
+from .staging import check_out, move_into_place, staging_dir
+from .voices import RELEASED_VOICES
 
+# Entry point of a runtime-only install too: torch and the export extra are imported inside the functions, after
+# `require` has said what to install.
 log = logging.getLogger("omni-export")
+RANDOM_WEIGHTS_NOTICE = "random weights (a demo): the bundle runs the real code path, but its answers are noise"
+DEMO_RMS_DBFS = -28.0  # the demo's random codec speaks at a listening level (speech is ~-30..-20 dBFS RMS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="omni-export", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="omni-export", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="upstream .pth (sft_omni_768[_moe].pth) or transformers folder")
     src.add_argument("--from-hub", action="store_true", help="download the released weights first")
@@ -45,18 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "the Mimi encoder, for omni-voices add (voice cloning)")
     p.add_argument("--voices", type=Path, nargs="*", default=[RELEASED_VOICES],
                    help="voices.pt files or folders of .npz voices (default: the 12 released presets)")
-    p.add_argument("--out", type=Path, default=default_bundle_dir(), help="bundle folder to write")
+    p.add_argument("--out", type=Path, default=default_bundle_dir(),
+                   help="bundle folder to write (default: %(default)s)")
     p.add_argument("--moe", action="store_true", help="with --from-hub: the MoE release")
     p.add_argument("--hub-mirror", type=Path, help="with --from-hub: a local folder laid out as <owner>/<name>/")
-    p.add_argument("--demo-size", choices=("tiny", "full"), default="tiny", help="with --demo: model size")
+    p.add_argument("--demo-size", choices=("tiny", "full"), default="tiny",
+                   help="with --demo: model size (default: %(default)s)")
     p.add_argument("--skip-verify", action="store_true", help="skip the torch-vs-onnxruntime parity checks")
     p.add_argument("--precision", choices=("fp32", *RECIPES), default="fp32",
-                   help="quantize the written bundle in place with this omni-quant recipe (int4: Thinker+Talker)")
+                   help="quantize the bundle with this omni-quant recipe before it is moved into place (int4: "
+                        "Thinker+Talker; default: %(default)s)")
     p.add_argument("--static", action="store_true",
                    help="fixed-shape Thinker/Talker graphs (no symbolic dim: NPUs, mobile); no speech encoder yet")
-    p.add_argument("--context", type=int, default=1024, help="with --static: KV buffer capacity in positions")
+    p.add_argument("--context", type=int, default=1024,
+                   help="with --static: KV buffer capacity in positions (default: %(default)s)")
     p.add_argument("--prefill-chunk", type=int, default=32,
-                   help="with --static: positions per prefill call (1: no prefill graphs, decode graphs only)")
+                   help="with --static: positions per prefill call (1: no prefill graphs, decode graphs only; default: "
+                        "%(default)s)")
     p.add_argument("--ort", action="store_true",
                    help="convert the graphs to ORT format, with the required-operators config and onnxruntime's "
                         "mobile usability report")
@@ -89,6 +97,7 @@ class BundleParts:
 
 
 def add_llm(parts: BundleParts, model, t0: float) -> None:
+    from . import talker, thinker
     for name, mod, spec in (("thinker", thinker, thinker_spec), ("talker", talker, talker_spec)):
         path = mod.export(model, parts.work)
         if parts.verify:
@@ -185,16 +194,45 @@ def add_cloning(parts: BundleParts, mimi_folder: Path | None, campplus_path: Pat
     parts.add("mimi_encoder", path, mimi_encoder_spec(), t0)
 
 
-def export_bundle(sources: Sources, out: Path, verify: bool = True, static: StaticShape | None = None) -> Path:
-    """Export every graph into a fresh folder, then move it into place, so a failed export leaves no half bundle.
-    `static`: fixed-shape Thinker/Talker."""
-    if static is not None and (sources.sensevoice is not None or sources.campplus is not None):
+def check_sources(static: StaticShape | None, checkpoint: Path | None = None, mimi: Path | None = None,
+                  siglip: Path | None = None, sensevoice: Path | None = None, voices: tuple[Path, ...] = (),
+                  campplus: Path | None = None) -> None:
+    """Every input path given and the option combination, before the first graph (an export takes minutes);
+    raises ValueError naming the first bad one and the fix."""
+    from .inputs import check_campplus_file, check_mimi_folder, check_siglip_folder, resolve_folder
+    from .voices import read_voices
+
+    if static is not None and (sensevoice is not None or campplus is not None):
         raise ValueError("--static does not cover the speech and speaker encoders yet (their frame count varies "
                          "with the clip); export the static bundle without --sensevoice and --campplus")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ValueError(f"{out} exists and is not a bundle; choose an empty or new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    if checkpoint is not None and not checkpoint.exists():
+        raise ValueError(f"--checkpoint {checkpoint} does not exist; pass upstream's sft_omni_768.pth or a "
+                         f"transformers folder")
+    for flag, path, check in (("--mimi", mimi, check_mimi_folder), ("--siglip", siglip, check_siglip_folder),
+                              ("--sensevoice", sensevoice, resolve_folder),
+                              ("--campplus", campplus, check_campplus_file)):
+        if path is not None:
+            try:
+                check(path)
+            except ValueError as e:
+                raise ValueError(f"{flag}: {e}") from None
+    for path in voices:
+        if not path.exists():
+            raise ValueError(f"--voices: {path} does not exist; pass voices.pt files or folders of .npz voices")
+        read_voices(path)
+
+
+def export_bundle(sources: Sources, out: Path, verify: bool = True, static: StaticShape | None = None,
+                  random_weights: bool = False) -> Path:
+    """Export every graph into a fresh folder, then move it into place, so a failed export leaves no half bundle.
+    `static`: fixed-shape Thinker/Talker; `random_weights`: a demo, recorded in the manifest."""
+    from .bundle_writer import copy_tokenizer, write_manifest
+    from .checkpoint import load_model
+    from .voices import write_voices
+
+    check_sources(static, **asdict(sources))
+    check_out(out)
+    work = staging_dir(out)
     try:
         t0 = time.perf_counter()
         model = load_model(sources.checkpoint)
@@ -221,11 +259,10 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True, static: Stat
                    ("sensevoice", sources.sensevoice), ("campplus", sources.campplus))}
         if sources.checkpoint.is_file():
             source["checkpoint_sha256"] = sha256_file(sources.checkpoint)
-        write_manifest(work, model.cfg, parts.graphs, parts.files, voices, source, parts.sections)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-        log.info("bundle written to %s (%.1f s)", out, time.perf_counter() - t0)
+        write_manifest(work, model.cfg, parts.graphs, parts.files, voices, source, parts.sections,
+                       random_weights=random_weights)
+        move_into_place(work, out)
+        log.info("graphs and files exported (%.1f s)", time.perf_counter() - t0)
         return out
     finally:
         if work.exists():
@@ -243,39 +280,82 @@ def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, sta
     from .random_siglip import write_random_siglip
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_random_pth(Path(tmp) / "sft_omni_768.pth", FULL if size == "full" else TINY, seed=0)
-        mimi = write_random_mimi(Path(tmp) / "mimi", size=size, seed=0)
+        mimi = write_random_mimi(Path(tmp) / "mimi", size=size, seed=0, rms_dbfs=DEMO_RMS_DBFS)
         siglip = write_random_siglip(Path(tmp) / "siglip2-base-p32-256-ve", size=size, seed=0)
         sensevoice = None if static else write_random_sensevoice(Path(tmp) / "SenseVoiceSmall", size=size, seed=0)
         campplus = None if static else write_random_campplus(Path(tmp) / "campplus" / "campplus_cn_common.pt", seed=0)
+        log.info(RANDOM_WEIGHTS_NOTICE)
         return export_bundle(Sources(ckpt, mimi, siglip, sensevoice, tuple(voice_files), campplus), out, verify,
-                             static)
+                             static, random_weights=True)
+
+
+def build(args: argparse.Namespace) -> Path:
+    """Export, quantize and convert inside a staging folder beside `--out`; only the finished bundle is moved
+    into place, so an error or Ctrl-C at any stage leaves `--out` as it was."""
+    static = StaticShape(args.context, args.prefill_chunk) if args.static else None
+    if not args.demo:  # the paths given, before the first heavy import (torch, onnx: seconds; transformers: ~20 s)
+        check_sources(static, args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
+                      args.campplus)
+    check_out(args.out)
+    from .common import ParityError
+    staging = staging_dir(args.out)
+    try:
+        verify = not args.skip_verify
+        fp32 = staging / "fp32"
+        if args.demo:
+            bundle = demo_bundle(fp32, args.demo_size, args.voices, verify, static)
+        else:
+            if args.from_hub:
+                from .hub import fetch_release
+                r = fetch_release(HubSource(args.hub_mirror), args.moe)
+                sources = Sources(r.checkpoint, r.mimi, r.siglip, None if static else r.sensevoice,
+                                  tuple(args.voices), args.campplus)
+            else:
+                sources = Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
+                                  args.campplus)
+            bundle = export_bundle(sources, fp32, verify, static)
+        if args.precision != "fp32":
+            from omni_onnx.bundle import Bundle
+            from omni_onnx.quant.cli import quantize_bundle
+            from omni_onnx.session import SessionOptions
+            bundle = quantize_bundle(Bundle.open(bundle), RECIPES[args.precision], staging / args.precision,
+                                     SessionOptions())
+        if args.ort:  # last: the quantizer reads .onnx graphs, the converter works on any bundle
+            from .ort_format import convert_bundle
+            convert_bundle(bundle)
+        move_into_place(bundle, args.out)
+        return args.out
+    except ParityError as e:
+        raise OmniError(f"{one_line(e)}; the exported graph does not compute what the checkpoint does: report "
+                        f"it with this command (--skip-verify writes the bundle unchecked)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def one_line(e: Exception) -> str:
+    """A parity failure lists every failing output and case; the first says what is wrong, the count the rest."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    more = sum(x.startswith("- ") for x in lines) - 1
+    first = next((x for x in lines if x.startswith("- ")), "")
+    return f"{lines[0]} {first.removeprefix('- ')}" + (f" (and {more} more)" if more > 0 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # WARNING on the root logger: onnxruntime's quantizer logs every tensor there at INFO (123 lines per export)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    for name in ("omni-export", "omni-quant"):
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
-        static = StaticShape(args.context, args.prefill_chunk) if args.static else None
-        if args.demo:
-            out = demo_bundle(args.out, args.demo_size, args.voices, not args.skip_verify, static)
-        elif args.from_hub:
-            r = fetch_release(HubSource(args.hub_mirror), args.moe)
-            out = export_bundle(Sources(r.checkpoint, r.mimi, r.siglip, None if static else r.sensevoice,
-                                        tuple(args.voices), args.campplus), args.out, not args.skip_verify, static)
-        else:
-            if not args.checkpoint.exists():
-                raise ValueError(f"checkpoint {args.checkpoint} does not exist")
-            out = export_bundle(Sources(args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
-                                        args.campplus), args.out, not args.skip_verify, static)
-        if args.precision != "fp32":
-            from omni_onnx.quant.cli import quantize_in_place
-            from omni_onnx.session import SessionOptions
-            out = quantize_in_place(out, args.precision, SessionOptions())
-        if args.ort:  # last: the quantizer reads .onnx graphs, the converter works on any bundle
-            from .ort_format import convert_bundle
-            convert_bundle(out)
-    except ValueError as e:
+        require("omni-export", EXPORT_MODULES, EXPORT_INSTALL)
+        out = build(args)
+    except KeyboardInterrupt:
+        print("omni-export: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except MissingExtra as e:
+        print(f"omni-export: error: {e}", file=sys.stderr)
+        return 2
+    except (OmniError, ValueError, OSError) as e:
         print(f"omni-export: error: {e}", file=sys.stderr)
         return 1
     print(f"bundle ready: {out}\nrun it: omni-run --bundle {out} --text \"Why is the sky blue?\" --out reply.wav")

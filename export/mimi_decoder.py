@@ -40,20 +40,14 @@ from omni_onnx.mimi import MimiStreamDecoder
 from omni_onnx.session import GraphSession
 
 from .common import OPSET, ParityError, export_graph, verify_parity
+from .inputs import check_mimi_folder
 
 NUM_CODEBOOKS = 8  # the Talker predicts Mimi's first 8 codebooks
 
 
 def load_mimi(folder: str | Path) -> MimiModel:
     """Load an HF Mimi folder (kyutai/mimi layout: config.json + model.safetensors), in eval mode."""
-    folder = Path(folder)
-    fix = "pass the Hugging Face kyutai/mimi folder (upstream's model/mimi)"
-    if not folder.is_dir():
-        raise ValueError(f"Mimi folder {folder} does not exist; {fix}")
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder / 'config.json'} is missing; {fix}, which holds config.json beside the weights")
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
-        raise ValueError(f"{folder / 'model.safetensors'} is missing; {fix}, weights included")
+    folder = check_mimi_folder(folder)
     mimi, info = MimiModel.from_pretrained(folder, output_loading_info=True)
     missing = [k for k in info["missing_keys"] if k.startswith(("decoder.", "quantizer."))]
     if missing:

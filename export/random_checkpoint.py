@@ -101,12 +101,15 @@ def hf_config(cfg: ModelConfig) -> dict:
     }
 
 
-def write_random_hf_folder(folder: str | Path, cfg: ModelConfig = FULL, seed: int = 0) -> Path:
+def write_random_hf_folder(folder: str | Path, cfg: ModelConfig = FULL, seed: int = 0,
+                           state: dict[str, torch.Tensor] | None = None) -> Path:
     """Transformers layout: config.json, bf16 `pytorch_model.bin` (tied lm_head.weight dropped, as
-    `save_pretrained` does), and the tokenizer files from the package data."""
+    `save_pretrained` does), and the tokenizer files from the package data. `state`: other weights for `cfg` to
+    write in that layout (default: `random_state_dict(cfg, seed)`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.to(torch.bfloat16) for k, v in random_state_dict(cfg, seed).items() if k != TIED_KEY}
+    state = random_state_dict(cfg, seed) if state is None else state
+    sd = {k: v.to(torch.bfloat16) for k, v in state.items() if k != TIED_KEY}
     torch.save(sd, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json"):

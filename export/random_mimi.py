@@ -46,12 +46,27 @@ def _randomize(model: MimiModel, gen: torch.Generator) -> None:
             p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
 
 
-def write_random_mimi(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a deterministic random-weight `MimiModel` folder (config.json + model.safetensors) and return it."""
+@torch.no_grad()
+def _set_level(model: MimiModel, rms_dbfs: float, gen: torch.Generator, frames: int = 8) -> None:
+    """Scale the decoder's last convolution (the waveform is linear in it) so random codes decode at `rms_dbfs`
+    RMS: random weights otherwise decode to full-scale noise that clips (-1 dBFS RMS, most samples clipped)."""
+    codes = torch.randint(0, model.config.codebook_size, (1, model.config.num_quantizers, frames), generator=gen)
+    audio = model.decode(codes).audio_values
+    gain = 10 ** (rms_dbfs / 20) / float(audio.pow(2).mean().sqrt())
+    last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv1d)][-1]  # SEANet's output conv
+    last.weight.mul_(gain)
+    last.bias.mul_(gain)
+
+
+def write_random_mimi(out_dir: str | Path, size: str = "tiny", seed: int = 0, rms_dbfs: float | None = None) -> Path:
+    """Write a deterministic random-weight `MimiModel` folder (config.json + model.safetensors) and return it.
+    `rms_dbfs`: the level random codes decode at (the demo's: audible, not loud); None keeps the raw weights."""
     config = random_mimi_config(size)
     torch.manual_seed(seed)
     model = MimiModel(config).eval()
     _randomize(model, torch.Generator().manual_seed(seed))
+    if rms_dbfs is not None:
+        _set_level(model, rms_dbfs, torch.Generator().manual_seed(seed))
     out = Path(out_dir)
     model.save_pretrained(out)
     return out

@@ -40,6 +40,7 @@ from omni_onnx.speech import CMVN_FILE, QUERIES_FILE, VOCAB_FILE, FrontendOption
 from torch import Tensor, nn
 
 from .common import export_graph, verify_graph
+from .inputs import SenseVoiceFolder, resolve_folder
 
 FILENAME = "sensevoice.onnx"
 VERIFY_SECONDS = (1.0, 6.0, 20.0)
@@ -221,54 +222,10 @@ class SenseVoiceSmall(nn.Module):
 # --- the released folder ---
 
 
-@dataclass(frozen=True)
-class SenseVoiceFolder:
-    """What a funasr SenseVoiceSmall folder holds besides the weights, resolved to paths."""
-
-    root: Path
-    config: dict[str, Any]
-    weights: Path
-    cmvn: Path
-    tokenizer: Path
-
-
-def _file_metas(root: Path) -> dict[str, Any]:
-    path = root / "configuration.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("file_path_metas", {}) or {}
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore it from FunAudioLLM/SenseVoiceSmall") from None
-
-
-def resolve_folder(folder: str | Path) -> SenseVoiceFolder:
-    """Find config.yaml, model.pt, am.mvn and the BPE model the way funasr does (configuration.json's
-    file_path_metas first, then the released names)."""
-    import yaml
-
-    root = Path(folder)
-    fix = "pass the FunAudioLLM/SenseVoiceSmall folder (upstream's model/SenseVoiceSmall)"
-    if not root.is_dir():
-        raise ValueError(f"SenseVoice folder {root} does not exist; {fix}")
-    metas = _file_metas(root)
-    bpe = (metas.get("tokenizer_conf") or {}).get("bpemodel")
-    cmvn = (metas.get("frontend_conf") or {}).get("cmvn_file", "am.mvn")
-    candidates = sorted(root.glob("*.bpe.model")) if not bpe else [root / bpe]
-    paths = {"config.yaml": root / metas.get("config", "config.yaml"),
-             "model.pt": root / metas.get("init_param", "model.pt"),
-             "am.mvn": root / cmvn,
-             "the tokenizer (*.bpe.model)": candidates[0] if candidates else root / "?.bpe.model"}
-    missing = [name for name, p in paths.items() if not p.is_file()]
-    if missing:
-        raise ValueError(f"{root} lacks {', '.join(missing)}; {fix}, with every file of the release")
-    config = yaml.safe_load(paths["config.yaml"].read_text(encoding="utf-8")) or {}
-    return SenseVoiceFolder(root, config, paths["model.pt"], paths["am.mvn"], paths["the tokenizer (*.bpe.model)"])
-
-
 def _state_dict(path: Path) -> dict[str, Tensor]:
     """model.pt as funasr's loader reads it: a state dict, possibly wrapped, possibly with DDP's 'module.'."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import torch_load
+    state = torch_load(path, "SenseVoice weights", "restore model.pt from FunAudioLLM/SenseVoiceSmall")
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -300,8 +257,9 @@ def load_vocab(tokenizer: Path) -> list[str]:
     proto = spm_pb2.ModelProto()
     try:
         proto.ParseFromString(tokenizer.read_bytes())
-    except DecodeError as e:
-        raise ValueError(f"{tokenizer} is not a SentencePiece model ({e}); restore it from the release") from None
+    except DecodeError:
+        raise ValueError(f"{tokenizer} is not a SentencePiece model (it does not parse); restore it from "
+                         f"FunAudioLLM/SenseVoiceSmall") from None
     if not proto.pieces:
         raise ValueError(f"{tokenizer} holds no pieces; restore it from FunAudioLLM/SenseVoiceSmall")
     return [p.piece for p in proto.pieces]

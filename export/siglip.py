@@ -23,20 +23,15 @@ from omni_onnx.contracts import vision_spec
 from omni_onnx.image import PREPROCESSOR_FILE
 
 from .common import export_graph, verify_graph
+from .inputs import check_siglip_folder
 from .modeling import OmniTorchModel
 
 FILENAME = "vision.onnx"
-_FIX = "pass upstream's SigLIP2 vision folder (siglip2-base-p32-256-ve)"
 
 
 def load_siglip(folder: str | Path) -> SiglipVisionModel:
     """Load the HF vision-tower folder (config.json + weights + preprocessor_config.json) as upstream does, fp32."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"SigLIP folder {folder} does not exist; {_FIX}")
-    for name in ("config.json", PREPROCESSOR_FILE):
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder / name} is missing; {_FIX}")
+    folder = check_siglip_folder(folder)
     model, info = SiglipVisionModel.from_pretrained(folder, output_loading_info=True, dtype=torch.float32)
     missing = [k for k in info["missing_keys"] if not k.removeprefix("vision_model.").startswith("head.")]
     if missing:  # the pooling head may be absent: it is never run

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from omni_onnx.voices import Voice
 
@@ -20,10 +19,12 @@ RELEASED_VOICES = ASSETS / "voices"
 
 def read_voices_pt(path: Path) -> list[Voice]:
     """`{name: {"ref_codes": int [8, F], "spk_emb": float [192]}}` as upstream saves it (torch pickle)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read voices file {path}: {e}") from None
+    import torch
+
+    from .checkpoint import torch_load
+    data = torch_load(path, "voices file", "pass upstream's voices.pt or a folder of .npz voices")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not {{name: voice}}; not a MiniMind-O voices file")
     voices = []
     for name, entry in sorted(data.items()):
         if not isinstance(entry, dict) or "ref_codes" not in entry or "spk_emb" not in entry:

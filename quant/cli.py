@@ -8,18 +8,19 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from omni_onnx import __version__
 from omni_onnx.bundle import MANIFEST, Bundle, sha256_file
 from omni_onnx.errors import OmniError
+from omni_onnx.export.extras import QUANT_INSTALL, MissingExtra, require
+from omni_onnx.export.staging import check_out, move_into_place, staging_dir
 from omni_onnx.model import OmniModel
 from omni_onnx.session import SessionOptions
 
-from .dynamic_int8 import quantize_graph
 from .fidelity import fidelity
 from .recipes import INT4_MATMUL, KEEP, RECIPES, Recipe
 
@@ -28,26 +29,37 @@ REPORT = "quant_report"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="omni-quant", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="omni-quant", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("bundle", type=Path, help="fp32 bundle written by omni-export")
     p.add_argument("--to", choices=sorted(RECIPES), required=True, help="recipe (precision) to apply")
     p.add_argument("--out", type=Path, help="new bundle folder (default: <bundle>-<recipe> beside it)")
     p.add_argument("--report", action="store_true",
                    help=f"also compare the new bundle with the source and write {REPORT}.json/.md into it")
-    p.add_argument("--steps", type=int, default=32, help="with --report: steps of the teacher-forced/greedy runs")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+    p.add_argument("--steps", type=int, default=32,
+                   help="with --report: steps of the teacher-forced/greedy runs (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: 0, one per core)")
     return p
+
+
+def check_source(src: Bundle, out: Path) -> None:
+    """Quantizing is from fp32 only: an int8 bundle quantized again would be reported as fp32 -> int8 while the
+    graphs barely change, and its errors would compound."""
+    if out.resolve() == src.root.resolve():
+        raise ValueError(f"--out must differ from the source bundle {src.root}")
+    made = src.manifest.get("quantization")
+    if made:
+        raise ValueError(f"{src.root} is already quantized ({made.get('recipe')}); quantize the fp32 bundle it was "
+                         f"made from (omni-export writes one)")
+    check_out(out)
 
 
 def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions) -> Path:
     """Write `src` with its graphs passed through `recipe` into a fresh folder, then move it to `out`."""
-    if out.resolve() == src.root.resolve():
-        raise ValueError(f"--out must differ from the source bundle {src.root}")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ValueError(f"{out} exists and is not a bundle; choose an empty or new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    from .dynamic_int8 import quantize_graph
+
+    check_source(src, out)
+    work = staging_dir(out)
     try:
         manifest: dict[str, Any] = json.loads(json.dumps(src.manifest))
         for name, entry in manifest["graphs"].items():
@@ -73,22 +85,11 @@ def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions
             manifest["quantization"]["min_onnxruntime"] = ".".join(ort.__version__.split(".")[:2])
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         Bundle.open(work)  # the new manifest and checksums read back
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        move_into_place(work, out)
         return out
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-
-
-def quantize_in_place(root: Path, recipe_name: str, opts: SessionOptions) -> Path:
-    """Replace the bundle at `root` by its `recipe_name` copy (omni-export --precision)."""
-    tmp = root.with_name(f"{root.name}.{recipe_name}")
-    quantize_bundle(Bundle.open(root), RECIPES[recipe_name], tmp, opts)
-    shutil.rmtree(root)
-    tmp.rename(root)
-    return root
 
 
 def bundle_mb(b: Bundle) -> float:
@@ -136,22 +137,41 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(src: Bundle, dst: Path, out: Path, opts: SessionOptions, steps: int) -> str:
+    """The fidelity report of `dst` (the new bundle, still staged) written into it; returns the Markdown."""
+    r = {**build_report(src, Bundle.open(dst), opts, steps), "bundle": str(out)}
+    (dst / f"{REPORT}.json").write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    (dst / f"{REPORT}.md").write_text(markdown(r), encoding="utf-8")
+    return markdown(r)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    log.setLevel(logging.INFO)  # onnxruntime's quantizer logs every skipped tensor at INFO on the root logger
+    log.setLevel(logging.INFO)
     opts = SessionOptions(threads=args.threads)
     try:
+        require("omni-quant", ("onnx",), QUANT_INSTALL)
         src = Bundle.open(args.bundle)
-        out = quantize_bundle(src, RECIPES[args.to], args.out or args.bundle.with_name(f"{args.bundle.name}-{args.to}"),
-                              opts)
+        out = args.out or args.bundle.with_name(f"{args.bundle.name}-{args.to}")
+        check_source(src, out)
+        staging = staging_dir(out)
+        try:  # the report is written into the new bundle before it is moved into place
+            dst = quantize_bundle(src, RECIPES[args.to], staging / "bundle", opts)
+            report = write_report(src, dst, out, opts, args.steps) if args.report else None
+            move_into_place(dst, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         print(f"{args.to} bundle ready: {out}")
-        if args.report:
-            r = build_report(src, Bundle.open(out), opts, args.steps)
-            (out / f"{REPORT}.json").write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
-            (out / f"{REPORT}.md").write_text(markdown(r), encoding="utf-8")
-            print(markdown(r))
-    except (OmniError, ValueError) as e:
+        if report:
+            print(report)
+    except KeyboardInterrupt:
+        print("omni-quant: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except MissingExtra as e:
+        print(f"omni-quant: error: {e}", file=sys.stderr)
+        return 2
+    except (OmniError, ValueError, OSError) as e:
         print(f"omni-quant: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -40,19 +42,35 @@ def optimize_offline(src: Path, dst: Path, opts: SessionOptions) -> None:
                          disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
+@contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """onnxruntime's quantizers log on the root logger: every tensor at INFO (123 lines for a tiny bundle) and a
+    pre-processing advice at WARNING per graph. The CLIs print one line per graph instead; our own loggers have
+    their own levels, so only the root logger's records are held back."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
                    opts: SessionOptions) -> Path:
     """Write `src` quantized by `recipe` to `dst`, keeping `spec` (the graph's contract)."""
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         q = Path(tmp) / "quantized.onnx"
-        if recipe.method == INT4_MATMUL:
-            matmul_nbits(src, Path(tmp) / "int4.onnx", recipe.block_size, recipe.accuracy_level)
-            src = Path(tmp) / "int4.onnx"
-        if recipe.method == FP16_WEIGHTS:
-            shutil.copyfile(src, q)
-        else:
-            quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                             weight_type=QuantType.QInt8, reduce_range=True, extra_options={"MatMulConstBOnly": True})
+        with quiet_quantizer():
+            if recipe.method == INT4_MATMUL:
+                matmul_nbits(src, Path(tmp) / "int4.onnx", recipe.block_size, recipe.accuracy_level)
+                src = Path(tmp) / "int4.onnx"
+            if recipe.method == FP16_WEIGHTS:
+                shutil.copyfile(src, q)
+            else:
+                quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
+                                 weight_type=QuantType.QInt8, reduce_range=True,
+                                 extra_options={"MatMulConstBOnly": True})
         if recipe.optimize_offline:
             o = Path(tmp) / "optimized.onnx"
             optimize_offline(q, o, opts)

@@ -195,12 +195,11 @@ def test_fidelity_suite(lively_bundle, tiny_lively_checkpoint, tiny_mimi, tiny_s
 
 
 def test_fidelity_needs_the_source_checkpoint(lively_bundle, tiny_checkpoint, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--out", str(tmp_path)])
+    assert main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--out", str(tmp_path)]) == 1
     assert "give --checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # the raw tiny checkpoint, not the lively one the bundle came from
-        main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--checkpoint", str(tiny_checkpoint),
-              "--out", str(tmp_path)])
+    # the raw tiny checkpoint, not the lively one the bundle came from
+    assert main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path)]) == 1
     assert "pass the checkpoint the bundle was exported from" in capsys.readouterr().err
 
 
@@ -236,6 +235,6 @@ def test_voice_similarity(tiny_bundle, tiny_clone_bundle):
     assert len(model.speaker.lengths) == 2 and all(n % 1280 == 0 and n > 0 for n in model.speaker.lengths)
 
 
-def test_bad_suite(tiny_bundle, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--bundle", str(tiny_bundle), "--suite", "latency,speed", "--out", str(tmp_path)])
+def test_bad_suite(tiny_bundle, tmp_path, capsys):
+    assert main(["--bundle", str(tiny_bundle), "--suite", "latency,speed", "--out", str(tmp_path)]) == 1
+    assert "unknown suite(s) speed" in capsys.readouterr().err

@@ -3,6 +3,7 @@ exactly (greedy), writes a valid streamed WAV, and never imports torch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -95,13 +96,22 @@ def test_runtime_never_imports_torch(tiny_bundle, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_demo_cli_builds_a_runnable_bundle(tmp_path):
+def test_demo_cli_builds_a_runnable_bundle(tmp_path, caplog):
+    """The demo says (export log, manifest) that its weights are random, and its random codec speaks at a
+    listening level: RMS about -28 dBFS, nothing clipped (the raw random Mimi decodes far above full scale)."""
+    from omni_onnx.export.cli import RANDOM_WEIGHTS_NOTICE
     from omni_onnx.export.cli import main as export_main
+    caplog.set_level("INFO")
     out = tmp_path / "demo"
     assert export_main(["--demo", "--out", str(out), "--voices"]) == 0
-    assert main(["--bundle", str(out), "--text", "hi", "--greedy", "--max-new-tokens", "12",
+    assert [r.getMessage() for r in caplog.records].count(RANDOM_WEIGHTS_NOTICE) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert next(iter(manifest)) == "random_weights" and manifest["random_weights"] is True
+    assert main(["--bundle", str(out), "--text", "hi", "--greedy", "--max-new-tokens", "24",
                  "--out", str(tmp_path / "d.wav")]) == 0
-    assert Path(tmp_path / "d.wav").stat().st_size > 44
+    audio, _ = sf.read(tmp_path / "d.wav", dtype="float32")
+    rms_dbfs = 20 * np.log10(np.sqrt(np.mean(audio ** 2)))
+    assert len(audio) >= 4 * 1920 and -34 < rms_dbfs < -22 and np.abs(audio).max() < 0.99, (len(audio), rms_dbfs)
 
 
 def test_eos_fill_and_stop_rule_match_reference(tiny_eos_checkpoint, tmp_path):
