@@ -18,6 +18,7 @@ from .generate import GenerationOptions
 from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
 from .sampling import TextSampling
 from .live_cli import add_arguments as add_live_arguments
+from .web.cli import add_arguments as add_serve_arguments
 from .session import SessionOptions
 from .user_voices import voice_listing
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=2048, help="KV cache capacity in positions (prompt + answer)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
     add_live_arguments(p)
+    add_serve_arguments(p)
     p.add_argument("--version", action="version", version=f"omni-run {__version__}")
     return p
 
@@ -151,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 check_writable(path)
         opts = GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
                                  text=TextSampling(temperature=args.temperature, top_p=args.top_p))
+        if args.serve:
+            from .web.cli import serve
+            return serve(args, opts)
         model = OmniModel.load(args.bundle, SessionOptions(threads=args.threads))
         conv = Conversation(model, args.voice, args.context)
         rng = None if args.greedy else np.random.default_rng(args.seed)

@@ -1,0 +1,222 @@
+"""`omni-run --serve` without a browser: the doors (loopback bind, Host, Origin, token, busy), upload limits, bad
+frames and dropped sockets (each ends its own connection only, nothing left behind), the page speaker's
+played-position bookkeeping, and a typed question streamed over the socket against the CLI's own answer."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import struct
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from omni_onnx.cli import main
+from omni_onnx.generate import GenerationOptions
+from omni_onnx.model import Conversation, OmniModel, TextDelta
+from omni_onnx.web.adapters import PageSpeaker
+from omni_onnx.web.cli import make_server
+from omni_onnx.web.protocol import CLIP, IMAGE, Limits
+from omni_onnx.web.server import ServeOptions
+
+GEN = GenerationOptions(max_new_tokens=40, greedy=True)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle) -> OmniModel:
+    return OmniModel.load(tiny_bundle)
+
+
+@contextmanager
+def serving(model, **kw):
+    """An in-process server on a free loopback port; yields (port, app state)."""
+    opts = ServeOptions(GEN, **kw)
+    server, sock = make_server(model, opts, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1], server.config.app.state.conversations
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def tab(port, origin=None, query=""):
+    """A connected tab: (socket, the server's first message)."""
+    with connect(f"ws://127.0.0.1:{port}/ws{query}", origin=origin or f"http://127.0.0.1:{port}", max_size=None,
+                 open_timeout=10) as ws:
+        yield ws, json.loads(ws.recv(timeout=10))
+
+
+def until(ws, kind: str, timeout: float = 60.0) -> list:
+    """Messages up to and including the first of `kind` (audio frames as bytes)."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while True:
+        m = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        got.append(m if isinstance(m, bytes) else json.loads(m))
+        if isinstance(got[-1], dict) and got[-1].get("type") == kind:
+            return got
+
+
+def ask(ws, text: str) -> list:
+    ws.send(json.dumps({"type": "text", "text": text}))
+    return until(ws, "end")
+
+
+def upload(tag: int, name: str, data: bytes, **header) -> bytes:
+    head = json.dumps({"name": name, **header}).encode()
+    return bytes([tag]) + struct.pack(">H", len(head)) + head + data
+
+
+def open_count(state, want: int, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while state["open"] != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return state["open"]
+
+
+def test_non_loopback_bind_is_refused_without_the_flag(capsys, tmp_path):
+    assert main(["--bundle", str(tmp_path), "--serve", "--host", "0.0.0.0"]) == 1
+    err = capsys.readouterr().err
+    assert "--allow-remote" in err and "Traceback" not in err
+
+
+def test_remote_serving_requires_a_token():
+    from omni_onnx.cli import build_parser
+    from omni_onnx.web.cli import serve_options
+    opts = serve_options(build_parser().parse_args(["--serve", "--host", "0.0.0.0", "--allow-remote"]), GEN)
+    assert opts.allow_remote and opts.token and len(opts.token) >= 16
+    assert serve_options(build_parser().parse_args(["--serve"]), GEN).token is None
+
+
+def test_a_typed_question_streams_the_clis_answer(model):
+    reference = "".join(e.text for e in Conversation(model).respond("Why is the sky blue?", GEN)
+                        if isinstance(e, TextDelta))
+    with serving(model) as (port, _), tab(port) as (ws, hello):
+        assert hello["type"] == "ready" and hello["live"] and hello["sample_rate"] == 24000
+        got = ask(ws, "Why is the sky blue?")
+        deltas = [m["text"] for m in got if isinstance(m, dict) and m["type"] == "delta"]
+        frames = [m for m in got if isinstance(m, bytes)]
+        assert len(deltas) > 1 and "".join(deltas) == reference == got[-1]["text"]
+        assert frames and all(f[0] == 1 and len(f) == 1 + 2 * 1920 for f in frames)
+        ws.send(json.dumps({"type": "text", "text": "/reset"}))
+        assert until(ws, "reset")[-1]["message"] == "conversation reset"
+
+
+def test_wrong_origin_wrong_host_and_missing_token_are_refused(model):
+    with serving(model) as (port, state):
+        with pytest.raises(InvalidStatus) as e, tab(port, origin="http://evil.example"):
+            pass
+        assert e.value.response.status_code == 403
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/", headers={"Host": f"evil.example:{port}"})  # DNS rebinding
+        assert conn.getresponse().status == 403
+        assert open_count(state, 0) == 0
+    with serving(model, token="s3cret-token-1") as (port, _):
+        with pytest.raises(InvalidStatus), tab(port):
+            pass
+        with tab(port, query="?token=s3cret-token-1") as (_, hello):
+            assert hello["type"] == "ready"
+
+
+def test_beyond_the_limit_a_tab_is_told_the_server_is_busy(model):
+    with serving(model, max_conversations=1) as (port, state):
+        with tab(port), tab(port) as (second, busy):
+            assert busy["type"] == "busy" and "--max-conversations" in busy["message"]
+            with pytest.raises(ConnectionClosed):
+                second.recv(timeout=10)
+        assert open_count(state, 0) == 0
+        with tab(port) as (_, hello):
+            assert hello["type"] == "ready"
+
+
+def test_uploads_are_checked_for_size_and_type(model):
+    limits = Limits(image_bytes=1000, clip_bytes=1000)
+    with serving(model, limits=limits) as (port, _), tab(port) as (ws, _):
+        ws.send(upload(IMAGE, "big.png", b"\x89PNG" + bytes(2000)))
+        assert "limit is" in until(ws, "error")[-1]["message"]
+        ws.send(upload(IMAGE, "x.png", b"#!/bin/sh\n"))
+        assert "not a JPEG, PNG" in until(ws, "error")[-1]["message"]
+        ws.send(upload(CLIP, "a.wav", b"RIFF\0\0\0\0WAVE" + bytes(100), voice="mine"))
+        assert "cannot clone voices" in until(ws, "error")[-1]["message"]  # omni-voices' message: no cloning graphs
+        assert ask(ws, "Hi")[-1]["type"] == "end"  # refused uploads leave the connection working
+        ws.send(b"\x02" + bytes(limits.message_bytes + 10))  # beyond the socket's own limit: this tab ends
+        with pytest.raises(ConnectionClosed):
+            until(ws, "never")
+
+
+GARBAGE = [b"\x7fjunk", b"\x01abc", b"", "not json", "[]", json.dumps({"type": "launch"}),
+           json.dumps({"type": "played", "epoch": "x", "samples": 1}), json.dumps({"type": "mic", "on": "yes"})]
+
+
+def test_garbage_ends_that_tab_only(model):
+    with serving(model) as (port, state), tab(port) as (good, _):
+        for garbage in GARBAGE:
+            with tab(port) as (bad, _):
+                bad.send(garbage)
+                msgs = []
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        msgs.append(json.loads(bad.recv(timeout=10)))
+                assert msgs and msgs[-1]["type"] == "error", garbage
+                assert msgs[-1]["message"].startswith("connection ended")
+            assert open_count(state, 1) == 1
+        assert ask(good, "Hi")[-1]["type"] == "end"
+
+
+def test_a_socket_dropped_mid_answer_leaves_nothing_behind(model, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with serving(model) as (port, state):
+        with tab(port) as (other, _):
+            with tab(port) as (gone, _):
+                gone.send(upload(IMAGE, "x.png", _png()))
+                until(gone, "attached")
+                assert len(list(tmp_path.glob("omni-web-*/*"))) == 1
+                gone.send(json.dumps({"type": "text", "text": "Why is the sky blue?"}))
+                while not isinstance(gone.recv(timeout=30), bytes):  # mid-answer: audio is flowing
+                    pass
+                gone.socket.close()  # abrupt: no closing handshake
+                assert open_count(state, 1) == 1  # its conversation thread ended and was joined
+                assert not list(tmp_path.glob("omni-web-*/*"))  # its upload is gone
+                assert len(list(tmp_path.glob("omni-web-*"))) == 1  # with its folder; the other tab's stays
+            assert ask(other, "Hi")[-1]["type"] == "end"
+        assert open_count(state, 0) == 0
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_the_page_speaker_counts_what_the_page_played():
+    sent, stops = [], []
+    spk = PageSpeaker(24000, sent.append, lambda: stops.append(1))
+    spk.write(np.full(1920, 0.5, np.float32))
+    spk.write(np.full(1920, 0.25, np.float32))
+    assert spk.busy and spk.played_samples == 0 and len(sent) == 2
+    spk.played(0, 2000)
+    assert spk.played_samples == 2000 and spk.busy
+    assert np.array_equal(spk.take_played(), np.r_[np.full(1920, 0.5), np.full(80, 0.25)].astype(np.float32))
+    spk.stop()  # barge-in: the page drops its queue and starts epoch 1
+    assert stops and not spk.busy and spk.played_samples == 2000
+    spk.played(0, 2400)  # a report the page sent just before it stopped still counts
+    assert spk.played_samples == 2400
+    spk.played(0, 9999)  # never more than was written in that epoch
+    assert spk.played_samples == 3840
+    spk.write(np.zeros(1920, np.float32))
+    spk.played(1, 1000)
+    assert spk.busy and spk.played_samples == 4840 and len(spk.take_played()) == 1000
