@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from omni_onnx.web.protocol import CLIP, IMAGE, Limits
 from omni_onnx.web.server import ServeOptions
 
 GEN = GenerationOptions(max_new_tokens=40, greedy=True)
+CLIPS = Path(__file__).parent / "fixtures" / "eval_omni"
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +222,35 @@ def test_the_page_speaker_counts_what_the_page_played():
     spk.write(np.zeros(1920, np.float32))
     spk.played(1, 1000)
     assert spk.busy and spk.played_samples == 4840 and len(spk.take_played()) == 1000
+
+
+def test_push_to_talk_drives_the_same_live_engine_as_the_mic(model):
+    """A question sent between mic on and mic off is heard and answered exactly as `omni-run --mic`'s engine hears
+    and answers that audio followed by the end-of-turn silence (releasing the button stands for that silence)."""
+    from omni_onnx.audio_io import SimClock, SimMicrophone, SimSpeaker
+    from omni_onnx.live import LiveSession
+    from omni_onnx.speech import load_audio
+    from omni_onnx.vad import SileroVad
+    from omni_onnx.web.adapters import LIVE_OPTIONS, PageMicrophone
+
+    question = load_audio(CLIPS / "audio-en-05_why_is_the_sky_blue.mp3")
+    pcm = (question[:len(question) // 512 * 512] * 32768).clip(-32768, 32767).astype("<i2")
+    question = pcm.astype(np.float32) / 32768  # as the page sends it: int16
+    clock = SimClock()
+    speaker = SimSpeaker(clock)
+    silence = np.zeros(PageMicrophone().silence_on_release, np.float32)
+    mic = SimMicrophone(clock, np.concatenate([question, silence]), speaker)
+    cli = LiveSession(Conversation(model), SileroVad.from_bundle(model.bundle), mic, speaker, clock, GEN, None,
+                      LIVE_OPTIONS)
+    cli.run()
+    heard = [e.text for e in cli.events if e.kind == "heard"]
+    answered = [e.text for e in cli.events if e.kind == "answer_end"]
+    assert len(heard) == len(answered) == 1
+    with serving(model) as (port, _), tab(port) as (ws, _):
+        ws.send(json.dumps({"type": "mic", "on": True}))
+        for i in range(0, len(pcm), 512):
+            ws.send(b"\x01" + pcm[i:i + 512].tobytes())
+        ws.send(json.dumps({"type": "mic", "on": False}))
+        got = [m for m in until(ws, "end") if isinstance(m, dict)]
+    assert [m["text"] for m in got if m["type"] == "heard"] == heard
+    assert got[-1]["text"] == answered[0] and "".join(m["text"] for m in got if m["type"] == "delta") == answered[0]

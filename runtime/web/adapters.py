@@ -35,15 +35,18 @@ class PageGone(Exception):
 
 
 class PageMicrophone:
-    """16 kHz blocks from the page. While the page's microphone is off the engine still gets silence in real time,
-    as from a sound card; switching it off (push-to-talk released) ends the turn at once: the end-of-turn silence
-    is queued in one go instead of being waited for."""
+    """16 kHz blocks from the page. Until the page first turns its microphone on there is nothing to hear and
+    `read` waits; after that, while it is off, the engine gets silence in real time as from a sound card (an answer
+    can play out and end). Switching it off (push-to-talk released) ends the turn at once: the end-of-turn silence
+    (plus 256 ms, as the VAD's probability takes a few windows to fall) is queued in one go instead of being
+    waited for."""
 
-    def __init__(self, block: int = BLOCK, silence: int = LIVE_OPTIONS.turns.min_silence):
+    def __init__(self, block: int = BLOCK, silence: int = LIVE_OPTIONS.turns.min_silence + MIC_RATE // 4):
         self.block, self._silence_blocks = block, -(-silence // block)
+        self.silence_on_release = self._silence_blocks * block
         self._q: queue.Queue[np.ndarray | None] = queue.Queue()
         self._pending = np.zeros(0, np.float32)
-        self._on, self._gone, self._ended = False, False, False
+        self._on = self._heard = self._gone = self._ended = False
         self._next_silence = time.monotonic()
         self._lock = threading.Lock()
 
@@ -63,6 +66,7 @@ class PageMicrophone:
                 for _ in range(self._silence_blocks):
                     self._q.put(np.zeros(self.block, np.float32))
             self._on = on
+            self._heard = self._heard or on
             self._next_silence = time.monotonic()
 
     def end_stretch(self) -> None:
@@ -84,7 +88,7 @@ class PageMicrophone:
             try:
                 item = self._q.get(timeout=self.block / MIC_RATE)
             except queue.Empty:
-                if not self._on and time.monotonic() >= self._next_silence:
+                if self._heard and not self._on and time.monotonic() >= self._next_silence:
                     self._next_silence = max(self._next_silence + self.block / MIC_RATE, time.monotonic() - 0.1)
                     return np.zeros(self.block, np.float32)
                 continue

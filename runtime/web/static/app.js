@@ -96,8 +96,9 @@ function onMessage(m) {
       break;
     case 'delta':
       stats.deltas++;
-      if (!answerEl) answerEl = add('omni', '');
-      answerEl.textContent += m.text;
+      if (!answerEl) { answerEl = add('omni', ''); answerEl.raw = ''; }
+      answerEl.raw += m.text;
+      answerEl.textContent = answerEl.raw.trim().replace(/\n{3,}/g, '\n\n');  // runs of blank lines shown as one
       $('log').scrollTop = $('log').scrollHeight;
       break;
     case 'end':
