@@ -129,8 +129,7 @@ def page_session(url: str, script: MicScript, wav: Path, screenshot: Path | None
         browser.wait_for("omniStats.events.some(e => e[1] === 'first_audio') && omniStats.played > 0", timeout,
                          "a spoken turn is detected and its answer plays")
         if screenshot is not None:
-            browser.wait_for("[...document.querySelectorAll('.omni')].some(e => e.textContent.trim().length > 8)",
-                             timeout, "answer text on the page")
+            browser.wait_for("omniStats.played > 12000", timeout, "half a second of the answer played")
             browser.screenshot(screenshot)
         if script.barge_onset is not None:
             browser.wait_for("omniStats.stops > 0 && omniStats.events.some(e => e[1] === 'answer_end')",
@@ -277,8 +276,23 @@ def write_results(result: dict, out: Path) -> None:
     for n, runs in result["tabs"].items():
         lines.append(f"| {n} | {[r.get('underruns') for r in runs]} | "
                      f"{[fmt(r.get('first_audio_ms')) for r in runs]} |")
-    (out / "web_live.json").write_text(json.dumps(result, indent=1, default=str))
-    (out / "web_live.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "Method: `omni-run --serve --greedy` as its own process; headless Chromium (fake microphone from a WAV "
+              "paced in real time: 1 s silence, the question, 3.5 s pause, the barge-in clip) with the page's echo "
+              "cancellation, noise suppression and gain control on. Times are on the page's clock: speech onsets "
+              "and ends at -34 dBFS in the clips, located in the page's capture stream (+-16 ms), against the "
+              "playback worklet's first played sample and its stop. The audio device's own output latency is not "
+              "included (headless: no device). Concurrent tabs: WebSocket clients speaking the page's protocol "
+              "(no browser), all asking at once; an underrun is a frame that arrives after its turn on a 24 kHz "
+              "clock started by the first frame.", "",
+              "`omni-run --mic` on PulseAudio virtual devices (`shared/notes/live-audio-testing.md`, same machine "
+              "type): end of speech -> first sound 1250 ms (tiny int8) / 1450 ms (full int8), barge-in 345-495 ms; "
+              "both include ~160-200 ms of device buffering that the page's figures do not have."]
+    tmp = out / ".web_live.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, out / "web_live.json")
+    tmp = out / ".web_live.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out / "web_live.md")
 
 
 if __name__ == "__main__":

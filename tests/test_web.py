@@ -36,9 +36,9 @@ def model(tiny_bundle) -> OmniModel:
 
 
 @contextmanager
-def serving(model, **kw):
+def serving(model, gen=GEN, **kw):
     """An in-process server on a free loopback port; yields (port, app state)."""
-    opts = ServeOptions(GEN, **kw)
+    opts = ServeOptions(gen, **kw)
     server, sock = make_server(model, opts, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -60,13 +60,13 @@ def tab(port, origin=None, query=""):
 
 
 def until(ws, kind: str, timeout: float = 60.0) -> list:
-    """Messages up to and including the first of `kind` (audio frames as bytes)."""
+    """Messages up to and including the first of type or event `kind` (audio frames as bytes)."""
     got = []
     deadline = time.monotonic() + timeout
     while True:
         m = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
         got.append(m if isinstance(m, bytes) else json.loads(m))
-        if isinstance(got[-1], dict) and got[-1].get("type") == kind:
+        if isinstance(got[-1], dict) and kind in (got[-1].get("type"), got[-1].get("kind")):
             return got
 
 
@@ -102,8 +102,7 @@ def test_remote_serving_requires_a_token():
 
 
 def test_a_typed_question_streams_the_clis_answer(model):
-    reference = "".join(e.text for e in Conversation(model).respond("Why is the sky blue?", GEN)
-                        if isinstance(e, TextDelta))
+    reference = ask_once(model, "Why is the sky blue?")
     with serving(model) as (port, _), tab(port) as (ws, hello):
         assert hello["type"] == "ready" and hello["live"] and hello["sample_rate"] == 24000
         got = ask(ws, "Why is the sky blue?")
@@ -254,3 +253,42 @@ def test_push_to_talk_drives_the_same_live_engine_as_the_mic(model):
         got = [m for m in until(ws, "end") if isinstance(m, dict)]
     assert [m["text"] for m in got if m["type"] == "heard"] == heard
     assert got[-1]["text"] == answered[0] and "".join(m["text"] for m in got if m["type"] == "delta") == answered[0]
+
+
+def test_a_clip_uploaded_on_the_page_is_cloned_as_omni_voices_clones_it(tiny_clone_bundle, tmp_path, monkeypatch):
+    from omni_onnx.voices_cli import main as voices_main
+    monkeypatch.setenv("OMNI_ONNX_DATA", str(tmp_path / "cli"))
+    clip = CLIPS / "audio-en-04_please_introduce_spring_in_one_sentence.mp3"  # long enough to clone
+    assert voices_main(["add", "mine", str(clip), "--bundle", str(tiny_clone_bundle)]) == 0
+    monkeypatch.setenv("OMNI_ONNX_DATA", str(tmp_path / "web"))
+    with serving(OmniModel.load(tiny_clone_bundle)) as (port, _), tab(port) as (ws, hello):
+        assert hello["cloning"] and not hello["live"]  # this bundle has no speech input: text chat and cloning
+        ws.send(upload(CLIP, clip.name, b"RIFF\0\0\0\0WAVE", voice="default"))
+        assert "reserved" in until(ws, "error")[-1]["message"]  # omni-voices' name rules
+        ws.send(upload(CLIP, clip.name, clip.read_bytes(), voice="mine"))
+        done = until(ws, "voices", timeout=120)[-1]
+        assert "mine" in done["voices"] and "voice 'mine' added" in done["message"]
+    cli, web = (np.load(tmp_path / side / "voices" / "mine.npz") for side in ("cli", "web"))
+    with cli, web:
+        assert np.array_equal(cli["ref_codes"], web["ref_codes"]) and np.array_equal(cli["spk_emb"], web["spk_emb"])
+
+
+def test_the_stop_button_cuts_a_typed_answer(model):
+    long = GenerationOptions(max_new_tokens=400, greedy=True)  # still generating when Stop arrives
+    full = ask_once(model, "Why is the sky blue?", long)
+    with serving(model, long) as (port, _), tab(port) as (ws, _):
+        ws.send(json.dumps({"type": "text", "text": "Why is the sky blue?"}))
+        while not isinstance(ws.recv(timeout=30), bytes):  # the answer is playing
+            pass
+        ws.send(json.dumps({"type": "stop"}))
+        got = [m for m in until(ws, "answer_end") if isinstance(m, dict)]
+        ws.send(json.dumps({"type": "text", "text": "/reset"}))
+        after = [m for m in until(ws, "reset") if isinstance(m, dict)]
+    kinds = [m.get("kind", m["type"]) for m in got]
+    assert "stop" in kinds and kinds.index("stop") < kinds.index("interrupt") < kinds.index("answer_end")
+    assert full.startswith(got[-1]["text"]) and len(got[-1]["text"]) < len(full)  # history: the answer as cut
+    assert [m["type"] for m in after] == ["reset"]  # stopped once: nothing else came after
+
+
+def ask_once(model, text: str, gen: GenerationOptions = GEN) -> str:
+    return "".join(e.text for e in Conversation(model).respond(text, gen) if isinstance(e, TextDelta))

@@ -30,8 +30,13 @@ LIVE_OPTIONS = LiveOptions(TurnOptions(), echo=None)
 _END = None  # queue sentinel: the listening stretch ends (a command is waiting, or the page left)
 
 
-class PageGone(Exception):
-    """The page disconnected: the live session unwinds (playback cut, the answer's generator closed)."""
+class Halted(Exception):
+    """The page's Stop button: the live session unwinds as on any error (playback cut, the answer's generator closed,
+    the history keeping what was generated)."""
+
+
+class PageGone(Halted):
+    """The page disconnected."""
 
 
 class PageMicrophone:
@@ -46,7 +51,7 @@ class PageMicrophone:
         self.silence_on_release = self._silence_blocks * block
         self._q: queue.Queue[np.ndarray | None] = queue.Queue()
         self._pending = np.zeros(0, np.float32)
-        self._on = self._heard = self._gone = self._ended = False
+        self._on = self._heard = self._gone = self._ended = self._halt = False
         self._next_silence = time.monotonic()
         self._lock = threading.Lock()
 
@@ -77,14 +82,24 @@ class PageMicrophone:
         self._gone = True
         self._q.put(_END)
 
+    def halt(self, on: bool = True) -> None:
+        """Make the engine's next `read` or `poll` raise `Halted` (on=False: the stop was handled elsewhere)."""
+        self._halt = on
+
+    def _check(self) -> None:
+        if self._gone:
+            raise PageGone()
+        if self._halt:
+            self._halt = False
+            raise Halted()
+
     # engine side (the conversation's thread)
     def begin_stretch(self) -> None:
         self._ended = False
 
     def read(self) -> np.ndarray | None:
         while not self._ended:
-            if self._gone:
-                raise PageGone()
+            self._check()
             try:
                 item = self._q.get(timeout=self.block / MIC_RATE)
             except queue.Empty:
@@ -99,8 +114,7 @@ class PageMicrophone:
         return None
 
     def poll(self) -> list[np.ndarray]:
-        if self._gone:
-            raise PageGone()
+        self._check()
         blocks = []
         while not self._ended:
             try:
@@ -176,8 +190,8 @@ class PageSpeaker:
 
 def listen(conv, vad, mic: PageMicrophone, speaker: PageSpeaker, gen, rng,
            on_event: Callable[[str, str], None]) -> None:
-    """One listening stretch of the live engine, until the microphone ends it (`end_stretch`) or the page leaves
-    (`PageGone`). `on_event(kind, text)` gets the engine's events (speech_start, turn, heard, first_audio,
+    """One listening stretch of the live engine, until the microphone ends it (`end_stretch`), the page stops the
+    answer (`Halted`) or leaves (`PageGone`). `on_event(kind, text)` gets the engine's events (speech_start, turn, heard, first_audio,
     interrupt, playback_stopped, answer_end) as they happen."""
 
     class PageSession(LiveSession):

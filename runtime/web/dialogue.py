@@ -23,7 +23,7 @@ from ..image import open_rgb
 from ..model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
 from ..user_voices import save_user_voice, user_voice_names
 from ..vad import SileroVad
-from .adapters import PageGone, PageMicrophone, PageSpeaker, listen
+from .adapters import Halted, PageGone, PageMicrophone, PageSpeaker, listen
 
 log = logging.getLogger(__name__)
 _clone_lock = threading.Lock()  # the cloning graphs load on first use; one clone at a time keeps that single
@@ -90,6 +90,8 @@ class Dialogue:
     def submit(self, cmd: Command) -> None:
         if cmd.kind in ("stop", "gone"):
             self._cancel.set()
+        if cmd.kind == "stop":
+            self.mic.halt()
         self._commands.put(cmd)
         self.mic.end_stretch()
 
@@ -112,6 +114,10 @@ class Dialogue:
                     except OmniError as e:  # a turn the model refuses (context full...): say so, keep listening
                         self.send({"type": "error", "message": str(e)})
                         continue
+                    except PageGone:
+                        raise
+                    except Halted:  # the Stop button during a spoken answer: it was cut; listening resumes
+                        self._answer_stopped()
                     cmds = self._drain()
                 else:
                     cmds = [self._commands.get()] + self._drain()
@@ -164,6 +170,9 @@ class Dialogue:
                 self._clone(cmd.text, cmd.data)
             elif cmd.kind == "stop":
                 self._cancel.clear()
+                if self.speaker.busy:  # generated already, still playing
+                    self.speaker.stop()
+                    self._answer_stopped()
         except OmniError as e:
             self.send({"type": "error", "message": str(e)})
 
@@ -185,11 +194,21 @@ class Dialogue:
                 if isinstance(ev, AudioChunk):
                     self.speaker.write(ev.pcm)
                 if self._cancel.is_set():
+                    self.mic.halt(False)  # stopped here; the live engine must not stop again
                     self.speaker.stop()
-                    self.send({"type": "event", "kind": "interrupt", "text": ""})
                     break
         finally:
             answer.close()
+        if self._cancel.is_set():
+            self._answer_stopped()
+        else:
+            self._answer_end()
+
+    def _answer_stopped(self) -> None:
+        self.send({"type": "event", "kind": "interrupt", "text": ""})
+        self._answer_end()
+
+    def _answer_end(self) -> None:
         self.send({"type": "event", "kind": "answer_end", "text": self.conv.history[-1].content
                    if self.conv.history else ""})
 

@@ -87,7 +87,8 @@ function onMessage(m) {
       else if (m.kind === 'first_audio') setStatus('speaking', 'speaking… (talk to interrupt)');
       else if (m.kind === 'interrupt' && answerEl) answerEl.classList.add('cut');
       else if (m.kind === 'answer_end') {
-        if (answerEl && answerEl.classList.contains('cut')) answerEl.textContent = m.text;
+        if (answerEl && answerEl.classList.contains('cut')) answerEl.textContent = m.text;  // as far as it was heard
+        answerEl = null;
         idle();
       }
       break;
