@@ -257,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(result: dict, out: Path) -> None:
     med = lambda xs: statistics.median(xs) if xs else None
+    load = lambda la: " / ".join(f"{x:.1f}" for x in la)
     b = result["browser"]
     lines = [f"# Web page live figures ({result['bundle']})", "",
-             f"Machine: {result['machine']}; load average before {result['load_average']}, after "
-             f"{result['load_average_after']} (shared machine: indicative).", "",
+             f"Machine: {result['machine']}; load average (1/5/15 min) before {load(result['load_average'])}, "
+             f"after {load(result['load_average_after'])} (a shared machine: indicative figures).", "",
              "| question | turn detected | deltas | frames | played s | underruns | end of speech -> end-of-turn "
              "event ms | end of speech -> first audio played ms | barge-in onset -> playback stopped ms |",
              "|---|---|---|---|---|---|---|---|---|"]
