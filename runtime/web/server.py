@@ -118,7 +118,7 @@ def create_app(model: OmniModel, opts: ServeOptions):
         dialogue.thread.start()
         sender = asyncio.create_task(_pump(ws, out))
         try:
-            await _receive(ws, dialogue, opts.limits)
+            await _receive(ws, dialogue, opts.limits, out.put_nowait)
         except (WebSocketDisconnect, ConnectionError, RuntimeError):  # RuntimeError: starlette, socket gone
             pass
         except ProtocolError as e:
@@ -139,7 +139,8 @@ def create_app(model: OmniModel, opts: ServeOptions):
         except Exception:  # the socket may be gone already
             pass
 
-    async def _receive(ws, dialogue: Dialogue, limits: Limits) -> None:
+    async def _receive(ws, dialogue: Dialogue, limits: Limits, say) -> None:
+        """Until the page leaves; `say` queues a message behind what the dialogue sends (one writer per socket)."""
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
@@ -151,7 +152,7 @@ def create_app(model: OmniModel, opts: ServeOptions):
                 elif text is not None:
                     _text(dialogue, text, limits)
             except UploadRefused as e:
-                await ws.send_json({"type": "error", "message": str(e)})
+                say({"type": "error", "message": str(e)})
 
     def _binary(dialogue: Dialogue, data: bytes, limits: Limits) -> None:
         tag = data[0] if data else None
