@@ -118,7 +118,7 @@ class Chromium:
             self.proc.wait()
             shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> Chromium:
+    def __enter__(self) -> Chromium:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:

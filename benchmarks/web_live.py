@@ -260,10 +260,10 @@ def write_results(result: dict, out: Path) -> None:
     load = lambda la: " / ".join(f"{x:.1f}" for x in la)
     b = result["browser"]
     lines = [f"# Web page live figures ({result['bundle']})", "",
-             f"Machine: {result['machine']}; load average (1/5/15 min) before {load(result['load_average'])}, "
-             f"after {load(result['load_average_after'])} (a shared machine: indicative figures).", "",
-             "| question | turn detected | deltas | frames | played s | underruns | end of speech -> end-of-turn "
-             "event ms | end of speech -> first audio played ms | barge-in onset -> playback stopped ms |",
+             (f"Machine: {result['machine']}; load average (1/5/15 min) before {load(result['load_average'])}, "
+              f"after {load(result['load_average_after'])} (a shared machine: indicative figures)."), "",
+             ("| question | turn detected | deltas | frames | played s | underruns | end of speech -> end-of-turn "
+              "event ms | end of speech -> first audio played ms | barge-in onset -> playback stopped ms |"),
              "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None else f"{v:.0f}"
     for r in b:
@@ -277,17 +277,17 @@ def write_results(result: dict, out: Path) -> None:
     for n, runs in result["tabs"].items():
         lines.append(f"| {n} | {[r.get('underruns') for r in runs]} | "
                      f"{[fmt(r.get('first_audio_ms')) for r in runs]} |")
-    lines += ["", "Method: `omni-run --serve --greedy` as its own process; headless Chromium (fake microphone from a WAV "
-              "paced in real time: 1 s silence, the question, 3.5 s pause, the barge-in clip) with the page's echo "
+    lines += ["", ("Method: `omni-run --serve --greedy` as its own process; headless Chromium (fake microphone from a "
+              "WAV paced in real time: 1 s silence, the question, 3.5 s pause, the barge-in clip) with the page's echo "
               "cancellation, noise suppression and gain control on. Times are on the page's clock: speech onsets "
               "and ends at -34 dBFS in the clips, located in the page's capture stream (+-16 ms), against the "
               "playback worklet's first played sample and its stop. The audio device's own output latency is not "
               "included (headless: no device). Concurrent tabs: WebSocket clients speaking the page's protocol "
               "(no browser), all asking at once; an underrun is a frame that arrives after its turn on a 24 kHz "
-              "clock started by the first frame.", "",
-              "`omni-run --mic` on PulseAudio virtual devices (`shared/notes/live-audio-testing.md`, same machine "
+              "clock started by the first frame."), "",
+              ("`omni-run --mic` on PulseAudio virtual devices (`shared/notes/live-audio-testing.md`, same machine "
               "type): end of speech -> first sound 1250 ms (tiny int8) / 1450 ms (full int8), barge-in 345-495 ms; "
-              "both include ~160-200 ms of device buffering that the page's figures do not have."]
+              "both include ~160-200 ms of device buffering that the page's figures do not have.")]
     tmp = out / ".web_live.json.tmp"
     tmp.write_text(json.dumps(result, indent=1, default=str))
     os.replace(tmp, out / "web_live.json")

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
-
 from omni_onnx.cli import main
 from omni_onnx.generate import GenerationOptions
 from omni_onnx.model import Conversation, OmniModel, TextDelta
@@ -25,6 +22,8 @@ from omni_onnx.web.adapters import PageSpeaker
 from omni_onnx.web.cli import make_server
 from omni_onnx.web.protocol import CLIP, IMAGE, Limits
 from omni_onnx.web.server import ServeOptions
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 GEN = GenerationOptions(max_new_tokens=40, greedy=True)
 CLIPS = Path(__file__).parent / "fixtures" / "eval_omni"

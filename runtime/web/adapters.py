@@ -191,8 +191,8 @@ class PageSpeaker:
 def listen(conv, vad, mic: PageMicrophone, speaker: PageSpeaker, gen, rng,
            on_event: Callable[[str, str], None]) -> None:
     """One listening stretch of the live engine, until the microphone ends it (`end_stretch`), the page stops the
-    answer (`Halted`) or leaves (`PageGone`). `on_event(kind, text)` gets the engine's events (speech_start, turn, heard, first_audio,
-    interrupt, playback_stopped, answer_end) as they happen."""
+    answer (`Halted`) or leaves (`PageGone`). `on_event(kind, text)` gets the engine's events (speech_start, turn,
+    heard, first_audio, interrupt, playback_stopped, answer_end) as they happen."""
 
     class PageSession(LiveSession):
         def log(self, kind: str, text: str = "") -> None:

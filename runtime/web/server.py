@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from urllib.parse import urlsplit
 
@@ -36,7 +36,7 @@ class ServeOptions:
     token: str | None = None  # required from the page and the socket when set
     allow_remote: bool = False
     voice: str | None = None  # each tab starts with it
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
 
 
 def _host_name(host_header: str) -> str:
@@ -136,8 +136,8 @@ def create_app(model: OmniModel, opts: ServeOptions):
         try:
             await ws.send_json({"type": "error", "message": f"connection ended: {message}"})
             await ws.close(code=1003)
-        except Exception:  # the socket may be gone already
-            pass
+        except (RuntimeError, ConnectionError) as e:  # the socket may be gone already
+            log.info("could not say why the connection ended: %s", e)
 
     async def _receive(ws, dialogue: Dialogue, limits: Limits, say) -> None:
         """Until the page leaves; `say` queues a message behind what the dialogue sends (one writer per socket)."""
