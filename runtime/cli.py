@@ -24,6 +24,7 @@ from .generate import GenerationOptions
 from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript
 from .sampling import TextSampling
 from .live.cli import add_arguments as add_live_arguments
+from .web.cli import add_arguments as add_serve_arguments
 from .session import SessionOptions
 from .user_voices import voice_listing
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"default {DEFAULT_CONTEXT}. A static bundle's context is fixed when it is exported")
     p.add_argument("--threads", type=int_at_least(0), default=0, help="onnxruntime intra-op threads (0: one per core)")
     add_live_arguments(p)
+    add_serve_arguments(p)
     p.add_argument("--version", action="version", version=f"omni-run {__version__}")
     return p
 
@@ -156,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(path, flag, suffixes)
     opts = GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
                              text=TextSampling(temperature=args.temperature, top_p=args.top_p))
+    if args.serve:
+        from .web.cli import serve
+        return serve(args, opts)
     model = OmniModel.load(args.bundle, SessionOptions(threads=args.threads))
     announce_demo(model.bundle, "omni-run")
     if model.static is not None and args.context not in (None, model.static.context):
