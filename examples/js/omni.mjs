@@ -32,7 +32,9 @@ function options(argv) {
     if (!/^\d+$/.test(values[name])) throw new UsageError(`--${name} takes a non-negative integer, got ${values[name]}`);
     return Number(values[name]);
   };
-  return { ...values, seed: values.seed === undefined ? null : int('seed'), maxNewTokens: int('max-new-tokens'), context: int('context') };
+  if (values.seed !== undefined) int('seed');
+  const seed = values.seed === undefined ? null : BigInt(values.seed); // any size, as numpy takes it
+  return { ...values, seed, maxNewTokens: int('max-new-tokens'), context: int('context') };
 }
 
 /** JSON as Python's json.dumps writes it (", " and ": " separators), so dumps compare byte for byte. */
