@@ -20,6 +20,11 @@ from .voices import ASSETS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
+# The oldest onnxruntime each bundle kind runs on with omni-run's bytes, measured (docs/step-protocol.md section 13):
+# before 1.32 the dynamic graphs' fused cache matmul dies (SIGFPE) on the first call's zero-length past unless the
+# app turns MatmulTransposeFusion off (section 3); static graphs never pass an empty tensor.
+MIN_ONNXRUNTIME = {"dynamic": "1.32", "static": "1.30"}
+
 
 def copy_tokenizer(out: Path) -> list[str]:
     for name in TOKENIZER_FILES:
@@ -40,6 +45,7 @@ def write_manifest(out: Path, cfg: ModelConfig, graphs: dict[str, tuple[Path, Gr
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exporter": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "min_onnxruntime": MIN_ONNXRUNTIME["static" if sections.get("static") else "dynamic"],
         "source": source,
         "config": cfg.to_dict(),
         **{k: sections.get(k) for k in ("mimi", "vision", "speech", "static")},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,8 +19,8 @@ import pytest
 
 from omni_onnx.cli import main as omni_run
 from omni_onnx.config import TINY
-from omni_onnx.contracts import (GraphSpec, MimiDims, audio_projector_spec, mimi_decoder_spec, sensevoice_spec,
-                                 talker_spec, thinker_spec, vision_spec)
+from omni_onnx.contracts import (PREFILL_SUFFIX, GraphSpec, MimiDims, audio_projector_spec, mimi_decoder_spec,
+                                 sensevoice_spec, static_spec, talker_spec, thinker_spec, vision_spec)
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "examples" / "reference_driver.py"
@@ -126,7 +127,8 @@ def _named_specs() -> tuple[list[GraphSpec], dict[int, str]]:
     return specs, names
 
 
-LAYER_COUNTS = {"thinker": "num_hidden_layers", "talker": "num_talker_hidden_layers", "mimi_decoder": "mimi.num_layers"}
+LAYER_COUNTS = {"thinker": "num_hidden_layers", "talker": "num_talker_hidden_layers", "mimi_decoder": "mimi.num_layers",
+                "thinker_prefill": "num_hidden_layers", "talker_prefill": "num_talker_hidden_layers"}
 
 
 def render_contract(spec: GraphSpec, names: dict[int, str]) -> str:
@@ -162,3 +164,62 @@ def test_doc_tables_match_contracts():
         assert (int(block.group(1)), block.group(2).strip()) == (spec.version, expected), (
             f"the {spec.graph} table in {DOC.name} differs from runtime/contracts.py; replace it with "
             f"<!-- contract:{spec.graph} v{spec.version} -->\n{expected}\n<!-- /contract -->")
+
+
+def _named_static_specs() -> tuple[list[GraphSpec], dict[int, str]]:
+    """A static bundle's decode and prefill contracts (section 12), from the dynamic ones as the exporter derives
+    them, with `static.context` and `static.prefill_chunk` as sentinels."""
+    specs, names = _named_specs()
+    context, chunk = 100_001, 100_002
+    names |= {context: "static.context", chunk: "static.prefill_chunk"}
+    dynamic = [s for s in specs if s.graph in ("thinker", "talker")]
+    out = [static_spec(s, context, 1, s.graph) for s in dynamic]
+    out += [static_spec(s, context, chunk, s.graph + PREFILL_SUFFIX) for s in dynamic]
+    return out, names
+
+
+def test_doc_static_tables_match_contracts():
+    doc = DOC.read_text(encoding="utf-8")
+    specs, names = _named_static_specs()
+    for spec in specs:
+        block = re.search(rf"<!-- contract:static/{spec.graph} v(\d+) -->\n(.*?)\n<!-- /contract -->", doc, re.DOTALL)
+        expected = render_contract(spec, names)
+        assert block is not None, f"docs/step-protocol.md has no static table for {spec.graph}; add:\n{expected}"
+        assert (int(block.group(1)), block.group(2).strip()) == (spec.version, expected), (
+            f"the static {spec.graph} table in {DOC.name} differs from runtime/contracts.py; replace it with "
+            f"<!-- contract:static/{spec.graph} v{spec.version} -->\n{expected}\n<!-- /contract -->")
+
+
+# --- an older onnxruntime (what apps ship) on the dynamic bundle: section 3's workaround, measured bytes ------------
+
+OLD_ONNXRUNTIME = "1.31.1"  # the newest onnxruntime-node on npm; its kernels die on the zero-length past (section 3)
+
+
+@pytest.fixture(scope="session")
+def old_onnxruntime() -> Path:
+    """onnxruntime OLD_ONNXRUNTIME in build/ (gitignored), installed once per checkout without dependencies (the
+    test's own numpy serves it)."""
+    target = ROOT / "build" / f"onnxruntime-{OLD_ONNXRUNTIME}"
+    if not (target / "onnxruntime" / "__init__.py").is_file():
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                            f"onnxruntime=={OLD_ONNXRUNTIME}"], capture_output=True, text=True, timeout=600,
+                           check=False)
+        assert r.returncode == 0, f"pip could not install onnxruntime=={OLD_ONNXRUNTIME}:\n{r.stderr}"
+    return target
+
+
+def test_driver_on_older_onnxruntime_reproduces_runtime(eos_bundle, old_onnxruntime, tmp_path, capsys):
+    common = ["--text", QUESTION, "--max-new-tokens", "64", "--seed", "7", "--voice", "eric"]
+    assert omni_run(["--bundle", str(eos_bundle), *common, "--dump-codes", str(tmp_path / "rt.json"),
+                     "--out", str(tmp_path / "rt.wav")]) == 0
+    capsys.readouterr()
+    env = {**os.environ, "PYTHONPATH": str(old_onnxruntime)}
+    version = subprocess.run([sys.executable, "-c", "import onnxruntime; print(onnxruntime.__version__)"], env=env,
+                             capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert version == OLD_ONNXRUNTIME
+    r = subprocess.run([sys.executable, str(DRIVER), "--bundle", str(eos_bundle), *common, "--dump-codes",
+                        str(tmp_path / "old.json"), "--out", str(tmp_path / "old.wav")], env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, f"onnxruntime {OLD_ONNXRUNTIME} failed (rc {r.returncode}):\n{r.stderr}"
+    assert (tmp_path / "old.json").read_bytes() == (tmp_path / "rt.json").read_bytes()
+    assert (tmp_path / "old.wav").read_bytes() == (tmp_path / "rt.wav").read_bytes()
