@@ -4,10 +4,12 @@ results.json, results.md and (with matplotlib, the `bench` extra) PNG plots.
     omni-bench --bundle bundles/fp32 --bundle bundles/int8 --out benchmarks/results/run
     omni-bench --bundle B --checkpoint sft_omni_768.pth --mimi MIMI --sensevoice SV --siglip SIGLIP   # + fidelity
     omni-bench --quick                   # tiny step counts: a smoke run of every suite on the default bundle
+    omni-bench --suite live --bundle B   # omni-run --mic on a PulseAudio server it starts (see benchmarks/live.py)
 
 The fidelity suite runs our export-time torch modules (eager, the same weights) beside each bundle: it needs the
 export extra and the sources the bundle was exported from (--checkpoint, and --mimi/--sensevoice/--siglip for those
-graphs). It is in the default suites when --checkpoint is given.
+graphs). It is in the default suites when --checkpoint is given. The live suite runs in real time (minutes per bundle)
+on a sound server it starts itself (needs `pulseaudio`), so it runs only when named.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import plots, quality
+from omni_onnx.errors import OmniError
+
+from . import live, plots, quality
+from .live_server import require_tools
 from .machine import describe
 
-SUITES = ("latency", "memory", "fidelity", "quality")
+SUITES = ("latency", "memory", "fidelity", "quality", "live")
 
 
 @dataclass(frozen=True)
@@ -73,14 +78,19 @@ class Progress:
 
 
 def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, progress: Progress,
-               reference=None, voice: str | None = None) -> dict:
-    """Every requested suite on one bundle; `reference` is the fidelity suite's `TorchReference`."""
+               reference=None, voice: str | None = None, live_plan=None) -> dict:
+    """Every requested suite on one bundle; `reference` is the fidelity suite's `TorchReference`, `live_plan` the
+    live suite's `LivePlan`."""
     from omni_onnx.model import OmniModel
     from omni_onnx.session import SessionOptions
 
-    from . import fidelity, latency, memory
+    from . import fidelity, latency, live, memory
 
     out: dict = {"bundle": bundle_identity(root)}
+    if "live" in suites:  # first: its app loads the bundle in a child process, so none is loaded here yet
+        out["live"] = live.run_live(root, live_plan, threads, progress)
+    if not set(suites) - {"live"}:
+        return out
     model = OmniModel.load(root, SessionOptions(threads=threads))
     if "latency" in suites:
         out["latency"] = latency.bench_bundle(model, plan.contexts, plan.steps, plan.max_new_tokens, progress)
@@ -170,6 +180,45 @@ def quality_rows(q: dict) -> list[str]:
             f"| voice-clone similarity | {sim} (paper: {p['dense']['similarity']} dense, {p['moe']['similarity']} MoE) |"]
 
 
+def live_rows(lv: dict) -> list[str]:
+    each = lambda vals: ", ".join(fmt(v) for v in vals)
+    load = f"load average {fmt(lv['load_average_start'][0])} -> {fmt(lv['load_average_end'][0])}"
+    rows = [f"| live: sound server | PulseAudio null sinks, {load} |"]
+    totals = [lv[k] for k in ("latency", "barge_in", "double_talk", "pauses") if k in lv] + lv.get("echo", [])
+    if "latency" in lv:
+        la = lv["latency"]
+        rows += [(f"| live: end of speech -> first answer sound, ms (median; each) | {fmt(la['median_ms'])}; "
+                  f"{each(e['latency_ms'] for e in la['each'])} |"),
+                 (f"| live: of which turn taken -> first audio written, ms (each) | "
+                  f"{each(e['turn_to_first_audio_ms'] for e in la['each'])} |")]
+    if "barge_in" in lv:
+        b = lv["barge_in"]
+        rows.append(f"| live: barge-in onset -> loudspeaker silent, ms (median; each) | {fmt(b['median_ms'])}; "
+                    f"{each(e['onset_to_silent_ms'] for e in b['each'])} ({b['detected']}/{b['barge_ins']} "
+                    f"detected) |")
+    for e in lv.get("echo", []):
+        delay = f", recorded delay {fmt(e['recorded_echo_delay_ms'])} ms" if "recorded_echo_delay_ms" in e else ""
+        rows.append(f"| live: self-interruptions, echo {e['delay_ms']} ms at {e['gain_db']:+g} dB{delay} | "
+                    f"{fmt(e['self_interruptions'])} (answer played {fmt(e['played_s'])} s) |")
+    if "double_talk" in lv:
+        d = lv["double_talk"]
+        rows.append(f"| live: barge-ins detected with echo {d['delay_ms']} ms at {d['gain_db']:+g} dB | "
+                    f"{d['detected']}/{d['barge_ins']} (median {fmt(d['median_ms'])} ms to silent; "
+                    f"{d['self_interruptions']} self-interruptions) |")
+    if "pauses" in lv:
+        for pause, st in lv["pauses"]["by_pause_ms"].items():
+            rows.append(f"| live: {pause} ms pause mid-question taken as the end of the turn | "
+                        f"{st['false_end_of_turn']}/{st['questions']} (latency median {fmt(st['median_latency_ms'])} "
+                        f"ms) |")
+    if totals:
+        rows += [f"| live: underruns while answers played | {sum(t['underruns'] for t in totals)} |",
+                 (f"| live: silent gaps in answers at the loudspeaker / in --record's played channel only | "
+                  f"{sum(t['loudspeaker_gaps'] for t in totals)} / {sum(t['record_gaps'] for t in totals)} "
+                  f"({fmt(sum(t['record_gap_ms'] for t in totals))} ms in "
+                  f"{fmt(sum(t['record_seconds'] for t in totals))} s recorded) |")]
+    return rows
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [(f"CPU: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no AVX flags'}), {m['threads']} threads, "
@@ -192,6 +241,8 @@ def markdown(results: dict) -> str:
             lines += fidelity_rows(r["fidelity"])
         if "quality" in r:
             lines += quality_rows(r["quality"])
+        if "live" in r:
+            lines += live_rows(r["live"])
         lines.append("")
     lines.append("Random weights give meaningless quality figures; the `weights` line says what each bundle holds.")
     return "\n".join(lines) + "\n"
@@ -239,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sensevoice", type=Path, help="fidelity: the SenseVoiceSmall folder")
     p.add_argument("--siglip", type=Path, help="fidelity: the SigLIP folder")
     p.add_argument("--voice", help="quality: the voice cloned for the similarity figure (default: the first)")
+    p.add_argument("--live-scenarios", default=",".join(live.SCENARIOS),
+                   help=f"live: comma-separated, of: {', '.join(live.SCENARIOS)}")
+    p.add_argument("--live-repeats", type=int, help="live: questions / barge-ins per scenario (default: 5, 10 "
+                   "with echo, 2 per pause length; --quick: 1-3)")
     a = p.parse_args(argv)
-    default = [s for s in SUITES if s != "fidelity" or a.checkpoint is not None]
+    default = [s for s in SUITES if s != "live" and (s != "fidelity" or a.checkpoint is not None)]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
     if unknown or not suites:
@@ -249,6 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     for b in bundles:
         if not (b / "manifest.json").is_file():
             p.error(f"{b} is not a bundle (no manifest.json); build one with omni-export, or pass --bundle DIR")
+    scenarios = tuple(s.strip() for s in a.live_scenarios.split(",") if s.strip())
+    if not scenarios or set(scenarios) - set(live.SCENARIOS):
+        p.error(f"unknown live scenario(s) in {a.live_scenarios!r}; choose from {', '.join(live.SCENARIOS)}")
+    if a.live_repeats is not None and a.live_repeats < 1:
+        p.error("--live-repeats must be at least 1")
+    live_plan = live.LivePlan.of(a.quick, scenarios, a.live_repeats)
+    if "live" in suites:
+        try:
+            require_tools()
+        except OmniError as e:
+            print(f"omni-bench: error: {e}", file=sys.stderr)
+            return 1
     t0 = time.perf_counter()
     reference = torch_reference(p, a, bundles) if "fidelity" in suites else None
     plan = Plan.of(a.quick)
@@ -258,10 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         graphs = json.loads((b / "manifest.json").read_text(encoding="utf-8"))["graphs"]
         answers = ({"sensevoice", "mimi_decoder"} <= set(graphs)) + ("campplus" in graphs)  # per question
         total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
-            ("memory" in suites) + questions * answers * ("quality" in suites)
+            ("memory" in suites) + questions * answers * ("quality" in suites) + \
+            len(scenarios) * ("live" in suites)
     progress = Progress(total)
     try:
-        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice) for b in bundles]
+        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan) for b in bundles]
+    except OmniError as e:
+        print(f"omni-bench: error: {e}", file=sys.stderr)
+        return 1
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
