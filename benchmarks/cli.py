@@ -184,38 +184,45 @@ def live_rows(lv: dict) -> list[str]:
     each = lambda vals: ", ".join(fmt(v) for v in vals)
     load = f"load average {fmt(lv['load_average_start'][0])} -> {fmt(lv['load_average_end'][0])}"
     rows = [f"| live: sound server | PulseAudio null sinks, {load} |"]
-    totals = [lv[k] for k in ("latency", "barge_in", "double_talk", "pauses") if k in lv] + lv.get("echo", [])
+    failed = lambda name, r: f"| live: {name} | failed: {r['error']} |"
+    parts = [lv[k] for k in ("latency", "barge_in", "double_talk", "pauses") if k in lv] + lv.get("echo", [])
     if "latency" in lv:
         la = lv["latency"]
-        rows += [(f"| live: end of speech -> first answer sound, ms (median; each) | {fmt(la['median_ms'])}; "
-                  f"{each(e['latency_ms'] for e in la['each'])} |"),
-                 (f"| live: of which turn taken -> first audio written, ms (each) | "
-                  f"{each(e['turn_to_first_audio_ms'] for e in la['each'])} |")]
+        rows += [failed("latency", la)] if "error" in la else [
+            (f"| live: end of speech -> first answer sound, ms (median; each) | {fmt(la['median_ms'])}; "
+             f"{each(e['latency_ms'] for e in la['each'])} |"),
+            (f"| live: of which turn taken -> first audio written, ms (each) | "
+             f"{each(e['turn_to_first_audio_ms'] for e in la['each'])} |")]
     if "barge_in" in lv:
         b = lv["barge_in"]
-        rows.append(f"| live: barge-in onset -> loudspeaker silent, ms (median; each) | {fmt(b['median_ms'])}; "
+        rows.append(failed("barge-in", b) if "error" in b else
+                    f"| live: barge-in onset -> loudspeaker silent, ms (median; each) | {fmt(b['median_ms'])}; "
                     f"{each(e['onset_to_silent_ms'] for e in b['each'])} ({b['detected']}/{b['barge_ins']} "
                     f"detected) |")
     for e in lv.get("echo", []):
         delay = f", recorded delay {fmt(e['recorded_echo_delay_ms'])} ms" if "recorded_echo_delay_ms" in e else ""
-        rows.append(f"| live: self-interruptions, echo {e['delay_ms']} ms at {e['gain_db']:+g} dB{delay} | "
-                    f"{fmt(e['self_interruptions'])} (answer played {fmt(e['played_s'])} s) |")
+        name = f"self-interruptions, echo {e['delay_ms']} ms at {e['gain_db']:+g} dB{delay}"
+        rows.append(failed(name, e) if "error" in e else
+                    f"| live: {name} | {fmt(e['self_interruptions'])} (answer played {fmt(e['played_s'])} s) |")
     if "double_talk" in lv:
         d = lv["double_talk"]
-        rows.append(f"| live: barge-ins detected with echo {d['delay_ms']} ms at {d['gain_db']:+g} dB | "
-                    f"{d['detected']}/{d['barge_ins']} (median {fmt(d['median_ms'])} ms to silent; "
+        name = f"barge-ins detected with echo {d['delay_ms']} ms at {d['gain_db']:+g} dB"
+        rows.append(failed(name, d) if "error" in d else
+                    f"| live: {name} | {d['detected']}/{d['barge_ins']} (median {fmt(d['median_ms'])} ms to silent; "
                     f"{d['self_interruptions']} self-interruptions) |")
     if "pauses" in lv:
-        for pause, st in lv["pauses"]["by_pause_ms"].items():
-            rows.append(f"| live: {pause} ms pause mid-question taken as the end of the turn | "
-                        f"{st['false_end_of_turn']}/{st['questions']} (latency median {fmt(st['median_latency_ms'])} "
-                        f"ms) |")
-    if totals:
-        rows += [f"| live: underruns while answers played | {sum(t['underruns'] for t in totals)} |",
+        pa = lv["pauses"]
+        rows += [failed("pauses", pa)] if "error" in pa else [
+            (f"| live: {pause} ms pause mid-question taken as the end of the turn | {st['false_end_of_turn']}/"
+             f"{st['questions']} (latency median {fmt(st['median_latency_ms'])} ms) |")
+            for pause, st in pa["by_pause_ms"].items()]
+    done = [t for t in parts if "error" not in t]
+    if done:
+        rows += [f"| live: underruns while answers played | {sum(t['underruns'] for t in done)} |",
                  (f"| live: silent gaps in answers at the loudspeaker / in --record's played channel only | "
-                  f"{sum(t['loudspeaker_gaps'] for t in totals)} / {sum(t['record_gaps'] for t in totals)} "
-                  f"({fmt(sum(t['record_gap_ms'] for t in totals))} ms in "
-                  f"{fmt(sum(t['record_seconds'] for t in totals))} s recorded) |")]
+                  f"{sum(t['loudspeaker_gaps'] for t in done)} / {sum(t['record_gaps'] for t in done)} "
+                  f"({fmt(sum(t['record_gap_ms'] for t in done))} ms in "
+                  f"{fmt(sum(t['record_seconds'] for t in done))} s recorded) |")]
     return rows
 
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,11 +183,15 @@ class App:
         self.server.play(clip.wav).wait()
         return t
 
-    def close(self) -> dict:
-        """Stop the recording and the app (SIGINT: its Ctrl-C path); its summary (events, underruns)."""
+    def stop(self) -> int:
+        """Stop the recording and the app (SIGINT: its Ctrl-C path); the app's exit code."""
         if self.rec is not None:
             stop(self.rec)
-        code = stop(self.proc, timeout=30)
+        return stop(self.proc, timeout=30)
+
+    def close(self) -> dict:
+        """`stop`, then the app's summary (events, underruns)."""
+        code = self.stop()
         if not self.summary_path.is_file():
             raise OmniError(f"the app left no summary (exit code {code}): {self.log_tail()}")
         return json.loads(self.summary_path.read_text(encoding="utf-8"))
@@ -331,6 +336,28 @@ def run_pauses(app: App, spliced: list[tuple[Clip, float]]) -> dict:
     return out
 
 
+def attempt(start: Callable[[], App], scenario: Callable[[App], dict]) -> dict:
+    """`scenario` on a freshly started app, or {"error": why} when the app fails (e.g. starved on a loaded
+    machine), so that one failure does not lose the other scenarios' figures."""
+    app = None
+    try:
+        app = start()
+        return scenario(app)
+    except OmniError as e:
+        if app is not None:
+            app.stop()
+        return {"error": str(e)}
+
+
+def pause_table(res: dict, pauses_ms: tuple[int, ...]) -> dict:
+    by_pause = {}
+    for p in pauses_ms:
+        rows = [e for e in res["each"] if e["question"].endswith(f"+{p}ms")]
+        by_pause[str(p)] = {"false_end_of_turn": sum(e["false_end_of_turn"] for e in rows),
+                            "questions": len(rows), "median_latency_ms": median([e["latency_ms"] for e in rows])}
+    return {**res, "by_pause_ms": by_pause}
+
+
 def run_live(bundle: Path, plan: LivePlan, threads: int, progress) -> dict:
     """Every scenario of `plan` on one bundle, on a sound server started for it and stopped after."""
     out: dict = {"plan": asdict(plan), "load_average_start": list(os.getloadavg())}
@@ -339,37 +366,37 @@ def run_live(bundle: Path, plan: LivePlan, threads: int, progress) -> dict:
         questions = [load_clip(q, work) for q in QUESTIONS]
         barges = [load_clip(b, work) for b in BARGE_INS]
 
-        def app(name: str, max_new_tokens: int) -> App:
-            return App(server, bundle, work, name, max_new_tokens, threads)
+        def app(name: str, max_new_tokens: int) -> Callable[[], App]:
+            return lambda: App(server, bundle, work, name, max_new_tokens, threads)
+
+        def with_echo(delay: int, gain: float, scenario: Callable[[App], dict]) -> Callable[[App], dict]:
+            def run(a: App) -> dict:
+                module = server.add_echo(delay, gain)
+                try:
+                    return scenario(a)
+                finally:
+                    server.remove_echo(module)
+            return run
 
         if "latency" in plan.scenarios:
-            out["latency"] = run_latency(app("latency", 40), questions[:plan.questions])
+            out["latency"] = attempt(app("latency", 40), lambda a: run_latency(a, questions[:plan.questions]))
             progress()
         if "barge-in" in plan.scenarios:
-            out["barge_in"] = run_barge_ins(app("barge-in", 200), questions[0], barges, plan.barge_ins)
+            out["barge_in"] = attempt(app("barge-in", 200),
+                                      lambda a: run_barge_ins(a, questions[0], barges, plan.barge_ins))
             progress()
         if "echo" in plan.scenarios:
-            grid = []
             frames = int(plan.echo_seconds / 0.08) + 40
-            for delay in plan.echo_delays_ms:
-                for gain in plan.echo_gains_db:
-                    a = app(f"echo-{delay}ms{gain:+g}dB", frames)
-                    module = server.add_echo(delay, gain)
-                    try:
-                        grid.append({"delay_ms": delay, "gain_db": gain, **run_echo(a, questions[1], plan.echo_seconds)})
-                    finally:
-                        server.remove_echo(module)
-            out["echo"] = grid
+            out["echo"] = [{"delay_ms": d, "gain_db": g, **attempt(
+                app(f"echo-{d}ms{g:+g}dB", frames),
+                with_echo(d, g, lambda a: run_echo(a, questions[1], plan.echo_seconds)))}
+                for d in plan.echo_delays_ms for g in plan.echo_gains_db]
             progress()
         if "double-talk" in plan.scenarios:
             delay, gain = plan.double_talk_echo
-            a = app("double-talk", 200)
-            module = server.add_echo(delay, gain)
-            try:
-                out["double_talk"] = {"delay_ms": delay, "gain_db": gain,
-                                      **run_barge_ins(a, questions[0], barges, plan.double_talk)}
-            finally:
-                server.remove_echo(module)
+            out["double_talk"] = {"delay_ms": delay, "gain_db": gain, **attempt(
+                app("double-talk", 200),
+                with_echo(delay, gain, lambda a: run_barge_ins(a, questions[0], barges, plan.double_talk)))}
             progress()
         if "pauses" in plan.scenarios:
             spliced = []
@@ -377,14 +404,8 @@ def run_live(bundle: Path, plan: LivePlan, threads: int, progress) -> dict:
                 for q in questions[:plan.pause_questions]:
                     pcm, at = sig.splice_pause(q.pcm, RATE, p / 1000)
                     spliced.append((make_clip(f"{q.name}+{p}ms", pcm, work), at))
-            res = run_pauses(app("pauses", 40), spliced)
-            by_pause = {}
-            for p in plan.pauses_ms:
-                rows = [e for e in res["each"] if e["question"].endswith(f"+{p}ms")]
-                by_pause[str(p)] = {"false_end_of_turn": sum(e["false_end_of_turn"] for e in rows),
-                                    "questions": len(rows), "median_latency_ms": median([e["latency_ms"] for e in rows])}
-            out["pauses"] = {**res, "by_pause_ms": by_pause}
+            res = attempt(app("pauses", 40), lambda a: run_pauses(a, spliced))
+            out["pauses"] = res if "error" in res else pause_table(res, plan.pauses_ms)
             progress()
     out["load_average_end"] = list(os.getloadavg())
     return out
-

@@ -143,7 +143,8 @@ def test_live_rows_show_each_figure():
     lv = {"load_average_start": [1.5, 1, 1], "load_average_end": [2.5, 1, 1],
           "latency": {**totals, "median_ms": 1250.0, "each": [{"latency_ms": 1250.0, "turn_to_first_audio_ms": 150.0}]},
           "echo": [{**totals, "delay_ms": 150, "gain_db": -6.0, "self_interruptions": 7, "played_s": 11.5,
-                    "recorded_echo_delay_ms": 160.0}],
+                    "recorded_echo_delay_ms": 160.0},
+                   {"delay_ms": 500, "gain_db": 0.0, "error": "the app exited (code 1): starved"}],
           "barge_in": {**totals, "median_ms": 360.0, "detected": 5, "barge_ins": 5,
                        "each": [{"onset_to_silent_ms": 360.0}]},
           "double_talk": {**totals, "delay_ms": 30, "gain_db": -6.0, "median_ms": 400.0, "detected": 9,
@@ -152,7 +153,8 @@ def test_live_rows_show_each_figure():
                                                       "median_latency_ms": 1300.0}}}}
     text = "\n".join(live_rows(lv))
     for want in ("1250; 1250", "150", "360; 360 (5/5 detected)", "echo 150 ms at -6 dB, recorded delay 160 ms | 7",
-                 "9/10", "500 ms pause", "1/2", "| 5 |", "10 / 15"):
+                 "9/10", "500 ms pause", "1/2", "| 5 |", "10 / 15",
+                 "echo 500 ms at +0 dB | failed: the app exited (code 1): starved |"):
         assert want in text, want
 
 
