@@ -45,7 +45,8 @@ BARGE_INS = ("audio-en-13_what_is_quantum_mechanics", "audio-en-07_what_is_a_bla
              "audio-en-14_why_do_stars_twinkle")
 VOICE = ("audio-en-06_how_can_we_maintain_a_healthy_lifestyle", "audio-en-09_how_can_i_improve_my_study_efficiency",
          "audio-en-02_what_fields_does_artificial_intelligence_include")  # what the answers sound like
-SILENT_S = 0.25  # digital silence this long at the loudspeaker: the app stopped playing (shorter: a gap)
+NEXT_TURN_S = 0.5  # after a barge-in clip, the app waits for 800 ms of silence before it answers it: nothing it
+# plays in this span after the clip is the next answer, so the last sound before it is where playback stopped
 BARGE_AFTER_S = 1.0  # how far into the answer a barge-in is spoken
 
 
@@ -287,9 +288,10 @@ def run_barge_ins(app: App, question: Clip, clips: list[Clip], n: int) -> dict:
     mic, speaker = finish(app, out)
     each = []
     for clip, t, detected in trials:
-        onset = app.find(mic, clip, t) + round(clip.onset * RATE)
+        at = app.find(mic, clip, t)
+        onset = at + round(clip.onset * RATE)
         playing = sig.first_sound(speaker[max(0, onset - RATE // 50):onset + 1]) is not None
-        silent = sig.first_silence(speaker, onset, round(SILENT_S * RATE)) if playing else None
+        silent = sig.last_sound(speaker, onset, at + round((clip.offset + NEXT_TURN_S) * RATE)) if playing else None
         each.append({"clip": clip.name, "detected": detected, "playing_at_onset": playing,
                      "onset_to_silent_ms": ms(silent - onset) if detected and silent is not None else None})
     out.update(median_ms=median([e["onset_to_silent_ms"] for e in each]), each=each)
@@ -343,9 +345,11 @@ def attempt(start: Callable[[], App], scenario: Callable[[App], dict]) -> dict:
     try:
         app = start()
         return scenario(app)
-    except OmniError as e:
+    except BaseException as e:
         if app is not None:
             app.stop()
+        if not isinstance(e, OmniError):
+            raise
         return {"error": str(e)}
 
 

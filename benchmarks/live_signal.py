@@ -58,17 +58,18 @@ def first_sound(x: np.ndarray, start: int = 0, level: float = DIGITAL_ZERO) -> i
     return None if len(hit) == 0 else start + int(hit[0])
 
 
+def last_sound(x: np.ndarray, start: int, stop: int, level: float = DIGITAL_ZERO) -> int | None:
+    """Index just after the last sample in [start, stop) whose magnitude reaches `level`: where playback ended for
+    good when nothing plays again before `stop` (gaps from underruns before it do not count)."""
+    hit = np.flatnonzero(np.abs(x[start:stop]) >= level)
+    return None if len(hit) == 0 else start + int(hit[-1]) + 1
+
+
 def silent_runs(x: np.ndarray, min_len: int, level: float = DIGITAL_ZERO) -> list[tuple[int, int]]:
     """(start, length) of every run of at least `min_len` samples below `level`."""
     quiet = np.concatenate([[False], np.abs(x) < level, [False]])
     edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
     return [(int(s), int(e - s)) for s, e in zip(edges[::2], edges[1::2]) if e - s >= min_len]
-
-
-def first_silence(x: np.ndarray, start: int, min_len: int, level: float = DIGITAL_ZERO) -> int | None:
-    """Where the loudspeaker goes silent after `start`: the first run of `min_len` samples below `level`."""
-    runs = silent_runs(x[start:], min_len, level)
-    return None if not runs else start + runs[0][0]
 
 
 def gaps(x: np.ndarray, rate: int, min_s: float = 0.005, max_s: float = 0.25,

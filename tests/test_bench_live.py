@@ -72,7 +72,9 @@ def test_silence_and_gaps_are_digital_zeros_inside_sound():
     x = np.concatenate([zeros(1.0), tone(0.5) + floor(0.5), zeros(0.08), floor(0.3), tone(0.4), zeros(1.0)])
     assert sig.first_sound(x) == RATE  # the answer starts exactly where the zeros end
     assert sig.first_sound(x, RATE + 10) == RATE + 10
-    assert sig.first_silence(x, RATE, round(0.25 * RATE)) == round(2.28 * RATE)  # not the 80 ms gap
+    # playback ended for good where the last sound before the next turn is, not at the 80 ms gap
+    assert sig.last_sound(x, RATE, round(2.8 * RATE)) == round(2.28 * RATE)
+    assert sig.last_sound(x, round(2.3 * RATE), round(2.8 * RATE)) is None
     g = sig.gaps(x, RATE)
     assert len(g) == 1 and abs(g[0][0] - 1.5) < 1e-3 and abs(g[0][1] - 0.08) < 1e-3
     assert sig.silent_runs(x, round(0.5 * RATE)) == [(0, RATE), (round(2.28 * RATE), RATE)]
