@@ -243,6 +243,7 @@ def median(values: list) -> float | None:
 
 
 def run_latency(app: App, questions: list[Clip]) -> dict:
+    """Each question, answered to the end: its speech offset -> the loudspeaker's first non-zero sample."""
     said = []
     for q in questions:
         t = app.say(q)
@@ -312,7 +313,7 @@ def run_echo(app: App, question: Clip, seconds: float) -> dict:
         window = speaker[start:start + round(seconds * RATE)]
         out["played_s"] = round(float(np.mean(sig.window_rms(window, RATE) > sig.DIGITAL_ZERO)) * len(window) / RATE, 2)
         a, b = start + RATE // 2, start + RATE // 2 + 3 * RATE
-        if b + RATE // 2 <= len(mic):
+        if b + RATE // 2 <= len(mic) and np.mean(sig.window_rms(speaker[a:b], RATE) > sig.DIGITAL_ZERO) > 0.5:
             out["recorded_echo_delay_ms"] = ms(sig.best_lag(mic[a:b + RATE // 2], speaker[a:b], RATE // 2))
     return out
 
