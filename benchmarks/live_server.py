@@ -22,14 +22,17 @@ from omni_onnx.errors import OmniError
 RATE = 48000  # the sinks' rate, and the recording's
 TOOLS = ("pulseaudio", "pactl", "paplay", "parec")
 
-CONFIG = """.fail
-load-module module-native-protocol-unix auth-anonymous=1 socket={socket}
-load-module module-null-sink sink_name=rec rate={rate} channels=2 channel_map=front-left,front-right
-load-module module-remap-sink sink_name=micsink master=rec channels=1 channel_map=mono master_channel_map=front-left remix=no
-load-module module-remap-sink sink_name=spk master=rec channels=1 channel_map=mono master_channel_map=front-right remix=no
-set-default-sink spk
-set-default-source micsink.monitor
-"""
+HALF = "load-module module-remap-sink sink_name={name} master=rec channels=1 channel_map=mono " \
+       "master_channel_map={side} remix=no"
+CONFIG = "\n".join([
+    ".fail",
+    "load-module module-native-protocol-unix auth-anonymous=1 socket={socket}",
+    "load-module module-null-sink sink_name=rec rate={rate} channels=2 channel_map=front-left,front-right",
+    HALF.format(name="micsink", side="front-left"),
+    HALF.format(name="spk", side="front-right"),
+    "set-default-sink spk",
+    "set-default-source micsink.monitor",
+]) + "\n"
 
 
 def require_tools() -> None:
