@@ -48,6 +48,7 @@ VOICE = ("audio-en-06_how_can_we_maintain_a_healthy_lifestyle", "audio-en-09_how
 NEXT_TURN_S = 0.5  # after a barge-in clip, the app waits for 800 ms of silence before it answers it: nothing it
 # plays in this span after the clip is the next answer, so the last sound before it is where playback stopped
 BARGE_AFTER_S = 1.0  # how far into the answer a barge-in is spoken
+TURN_TAKEN = "turn"  # the event of the app taking the user's turn (main's omni_onnx/live/ since 36b0241: "speech_end")
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def finish(app: App, out: dict) -> tuple[np.ndarray, np.ndarray]:
     out["underruns"] = summary["underruns_during_answers"]
     out.update(played_gaps(app, speaker))
     out["events"] = {k: sum(e["kind"] == k for e in summary["events"])
-                     for k in ("turn", "first_audio", "interrupt", "playback_stopped", "answer_end")}
+                     for k in (TURN_TAKEN, "first_audio", "interrupt", "playback_stopped", "answer_end")}
     return mic, speaker
 
 
@@ -249,7 +250,7 @@ def run_latency(app: App, questions: list[Clip]) -> dict:
         t = app.say(q)
         first = app.wait_for("first_audio", t, 60)
         app.wait_idle(120)
-        turn = app.times("turn", t)
+        turn = app.times(TURN_TAKEN, t)
         said.append((q, t, None if first is None or not turn else 1000 * (first - turn[0])))
     out: dict = {}
     mic, speaker = finish(app, out)
@@ -325,12 +326,12 @@ def run_pauses(app: App, spliced: list[tuple[Clip, float]]) -> dict:
         t = app.say(clip)
         app.wait_for("first_audio", t, 60)
         app.wait_idle(120)
-        said.append((clip, t, app.times("turn", t)))
+        said.append((clip, t, app.times(TURN_TAKEN, t), bool(app.times("rejoin", t))))
     out: dict = {}
     mic, speaker = finish(app, out)
     each = []
-    for (clip, pause_at), (_, t, turns) in zip(spliced, said):
-        early = len(turns) > 1 or (bool(turns) and bool(turns[0] < t + clip.offset))
+    for (clip, pause_at), (_, t, turns, rejoined) in zip(spliced, said):
+        early = rejoined or len(turns) > 1 or (bool(turns) and bool(turns[0] < t + clip.offset))
         end = app.find(mic, clip, t) + round(clip.offset * RATE)
         sound = sig.first_sound(speaker, end)
         each.append({"question": clip.name, "pause_at_s": round(pause_at, 3), "false_end_of_turn": early,
