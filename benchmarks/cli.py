@@ -4,10 +4,12 @@ results.json, results.md and (with matplotlib, the `bench` extra) PNG plots.
     omni-bench --bundle bundles/fp32 --bundle bundles/int8 --out benchmarks/results/run
     omni-bench --bundle B --checkpoint sft_omni_768.pth --mimi MIMI --sensevoice SV --siglip SIGLIP   # + fidelity
     omni-bench --quick                   # tiny step counts: a smoke run of every suite on the default bundle
+    omni-bench --suite live --bundle B   # omni-run --mic on a PulseAudio server it starts (see benchmarks/live.py)
 
 The fidelity suite runs our export-time torch modules (eager, the same weights) beside each bundle: it needs the
 export extra and the sources the bundle was exported from (--checkpoint, and --mimi/--sensevoice/--siglip for those
-graphs). It is in the default suites when --checkpoint is given.
+graphs). It is in the default suites when --checkpoint is given. The live suite runs in real time (minutes per bundle)
+on a sound server it starts itself (needs `pulseaudio`), so it runs only when named.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from omni_onnx import __version__
 from omni_onnx.errors import OmniError
 from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, require
 
-from . import plots, quality
+from . import live, plots, quality
+from .live_server import require_tools
 from .machine import describe
 
-SUITES = ("latency", "memory", "fidelity", "quality")
+SUITES = ("latency", "memory", "fidelity", "quality", "live")
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,19 @@ class Progress:
 
 
 def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, progress: Progress,
-               reference=None, voice: str | None = None) -> dict:
-    """Every requested suite on one bundle; `reference` is the fidelity suite's `TorchReference`."""
+               reference=None, voice: str | None = None, live_plan=None) -> dict:
+    """Every requested suite on one bundle; `reference` is the fidelity suite's `TorchReference`, `live_plan` the
+    live suite's `LivePlan`."""
     from omni_onnx.model import OmniModel
     from omni_onnx.session import SessionOptions
 
-    from . import latency, memory
+    from . import latency, live, memory
 
     out: dict = {"bundle": bundle_identity(root)}
+    if "live" in suites:  # first: its app loads the bundle in a child process, so none is loaded here yet
+        out["live"] = live.run_live(root, live_plan, threads, progress)
+    if not set(suites) - {"live"}:
+        return out
     model = OmniModel.load(root, SessionOptions(threads=threads))
     if "latency" in suites:
         out["latency"] = latency.bench_bundle(model, plan.contexts, plan.steps, plan.max_new_tokens, progress)
@@ -175,6 +183,52 @@ def quality_rows(q: dict) -> list[str]:
             f"| voice-clone similarity | {sim} (paper: {p['dense']['similarity']} dense, {p['moe']['similarity']} MoE) |"]
 
 
+def live_rows(lv: dict) -> list[str]:
+    each = lambda vals: ", ".join(fmt(v) for v in vals)
+    load = f"load average {fmt(lv['load_average_start'][0])} -> {fmt(lv['load_average_end'][0])}"
+    rows = [f"| live: sound server | PulseAudio null sinks, {load} |"]
+    failed = lambda name, r: f"| live: {name} | failed: {r['error']} |"
+    parts = [lv[k] for k in ("latency", "barge_in", "double_talk", "pauses") if k in lv] + lv.get("echo", [])
+    if "latency" in lv:
+        la = lv["latency"]
+        rows += [failed("latency", la)] if "error" in la else [
+            (f"| live: end of speech -> first answer sound, ms (median; each) | {fmt(la['median_ms'])}; "
+             f"{each(e['latency_ms'] for e in la['each'])} |"),
+            (f"| live: of which turn taken -> first audio written, ms (each) | "
+             f"{each(e['turn_to_first_audio_ms'] for e in la['each'])} |")]
+    if "barge_in" in lv:
+        b = lv["barge_in"]
+        rows.append(failed("barge-in", b) if "error" in b else
+                    f"| live: barge-in onset -> loudspeaker silent, ms (median; each) | {fmt(b['median_ms'])}; "
+                    f"{each(e['onset_to_silent_ms'] for e in b['each'])} ({b['detected']}/{b['barge_ins']} "
+                    f"detected) |")
+    for e in lv.get("echo", []):
+        delay = f", recorded delay {fmt(e['recorded_echo_delay_ms'])} ms" if "recorded_echo_delay_ms" in e else ""
+        name = f"self-interruptions, echo {e['delay_ms']} ms at {e['gain_db']:+g} dB{delay}"
+        rows.append(failed(name, e) if "error" in e else
+                    f"| live: {name} | {fmt(e['self_interruptions'])} (answer played {fmt(e['played_s'])} s) |")
+    if "double_talk" in lv:
+        d = lv["double_talk"]
+        name = f"barge-ins detected with echo {d['delay_ms']} ms at {d['gain_db']:+g} dB"
+        rows.append(failed(name, d) if "error" in d else
+                    f"| live: {name} | {d['detected']}/{d['barge_ins']} (median {fmt(d['median_ms'])} ms to silent; "
+                    f"{d['self_interruptions']} self-interruptions) |")
+    if "pauses" in lv:
+        pa = lv["pauses"]
+        rows += [failed("pauses", pa)] if "error" in pa else [
+            (f"| live: {pause} ms pause mid-question taken as the end of the turn | {st['false_end_of_turn']}/"
+             f"{st['questions']} (latency median {fmt(st['median_latency_ms'])} ms) |")
+            for pause, st in pa["by_pause_ms"].items()]
+    done = [t for t in parts if "error" not in t]
+    if done:
+        rows += [f"| live: underruns while answers played | {sum(t['underruns'] for t in done)} |",
+                 (f"| live: silent gaps in answers at the loudspeaker / in --record's played channel only | "
+                  f"{sum(t['loudspeaker_gaps'] for t in done)} / {sum(t['record_gaps'] for t in done)} "
+                  f"({fmt(sum(t['record_gap_ms'] for t in done))} ms in "
+                  f"{fmt(sum(t['record_seconds'] for t in done))} s recorded) |")]
+    return rows
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [(f"CPU: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no AVX flags'}), {m['threads']} threads, "
@@ -197,6 +251,8 @@ def markdown(results: dict) -> str:
             lines += fidelity_rows(r["fidelity"])
         if "quality" in r:
             lines += quality_rows(r["quality"])
+        if "live" in r:
+            lines += live_rows(r["live"])
         lines.append("")
     lines.append("Random weights give meaningless quality figures; the `weights` line says what each bundle holds.")
     return "\n".join(lines) + "\n"
@@ -241,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensevoice", type=Path, help="fidelity: the SenseVoiceSmall folder")
     p.add_argument("--siglip", type=Path, help="fidelity: the SigLIP folder")
     p.add_argument("--voice", help="quality: the voice cloned for the similarity figure (default: the first)")
+    p.add_argument("--live-scenarios", default=",".join(live.SCENARIOS),
+                   help=f"live: comma-separated, of: {', '.join(live.SCENARIOS)}")
+    p.add_argument("--live-repeats", type=int, help="live: questions / barge-ins per scenario (default: 5, 10 "
+                   "with echo, 2 per pause length; --quick: 1-3)")
     return p
 
 
@@ -272,7 +332,7 @@ def write_results(results: dict, out: Path) -> str:
 def run(a: argparse.Namespace) -> str:
     from omni_onnx.bundle import default_bundle_dir
 
-    default = [s for s in SUITES if s != "fidelity" or a.checkpoint is not None]
+    default = [s for s in SUITES if s != "live" and (s != "fidelity" or a.checkpoint is not None)]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
     if unknown or not suites:
@@ -283,6 +343,14 @@ def run(a: argparse.Namespace) -> str:
     for b in bundles:
         if not (b / "manifest.json").is_file():
             raise OmniError(f"{b} is not a bundle (no manifest.json); build one with omni-export, or pass --bundle DIR")
+    scenarios = tuple(s.strip() for s in a.live_scenarios.split(",") if s.strip())
+    if not scenarios or set(scenarios) - set(live.SCENARIOS):
+        raise OmniError(f"unknown live scenario(s) in {a.live_scenarios!r}; choose from {', '.join(live.SCENARIOS)}")
+    if a.live_repeats is not None and a.live_repeats < 1:
+        raise OmniError("--live-repeats must be at least 1")
+    live_plan = live.LivePlan.of(a.quick, scenarios, a.live_repeats)
+    if "live" in suites:
+        require_tools()
     t0 = time.perf_counter()
     reference = torch_reference(a, bundles) if "fidelity" in suites else None
     plan = Plan.of(a.quick)
@@ -292,10 +360,11 @@ def run(a: argparse.Namespace) -> str:
         graphs = json.loads((b / "manifest.json").read_text(encoding="utf-8"))["graphs"]
         answers = ({"sensevoice", "mimi_decoder"} <= set(graphs)) + ("campplus" in graphs)  # per question
         total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
-            ("memory" in suites) + questions * answers * ("quality" in suites)
+            ("memory" in suites) + questions * answers * ("quality" in suites) + \
+            len(scenarios) * ("live" in suites)
     progress = Progress(total)
     try:
-        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice) for b in bundles]
+        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan) for b in bundles]
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
