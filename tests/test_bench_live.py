@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omni_onnx import live, model
-from omni_onnx.audio_io import SimClock, SimMicrophone, SimSpeaker
+from omni_onnx.live.sim import SimClock, SimMicrophone, SimSpeaker
 from omni_onnx.bench import live_signal as sig
 from omni_onnx.bench.cli import live_rows, main
 from omni_onnx.bench.live_driver import NOISE_FLOOR, EventLog, LoopedVoice, instrument
@@ -19,7 +19,7 @@ from omni_onnx.generate import GenerationOptions
 from omni_onnx.live import LiveSession
 from omni_onnx.model import Conversation, OmniModel
 from omni_onnx.speech import load_audio
-from omni_onnx.vad import SileroVad
+from omni_onnx.live.vad import SileroVad
 
 RATE = 48000
 CLIPS = Path(__file__).parent / "fixtures" / "eval_omni"
@@ -129,7 +129,7 @@ def test_instrumented_session_streams_events_and_speaks_the_voice(tiny_bundle, t
                     GenerationOptions(max_new_tokens=30, greedy=True), None)
     s.run()
     lines = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
-    assert [e["kind"] for e in lines] == ["ready", "speech_start", "speech_end", "turn", "heard", "first_audio",
+    assert [e["kind"] for e in lines] == ["ready", "speech_start", "pause", "speech_end", "heard", "first_audio",
                                           "answer_end"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [e["kind"] for e in summary["events"]] == [e["kind"] for e in lines[1:]]
