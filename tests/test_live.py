@@ -20,7 +20,7 @@ from omni_onnx.errors import OmniError
 from omni_onnx.generate import GenerationOptions
 from omni_onnx.live import LiveOptions, LiveSession
 from omni_onnx.live import cli as live_cli
-from omni_onnx.live.echo import EchoOptions
+from omni_onnx.live.echo import EchoGuardOptions, EchoOptions
 from omni_onnx.live.sim import SimClock, SimMicrophone, SimSpeaker
 from omni_onnx.live.vad import SileroVad
 from omni_onnx.model import Conversation, OmniModel
@@ -229,7 +229,7 @@ def test_options_from_the_command_line():
     assert (opts.turns.min_silence, opts.turns.barge_in_speech, opts.turns.threshold) == (8000, 1536, 0.6)
     assert opts.turns.pause == 1024 and opts.echo == EchoOptions(cancel=False) and args.input_device == 2
     default = live_cli.live_options(build_parser().parse_args(["--mic"]))
-    assert default.echo == EchoOptions(cancel=True, guard=None) and default.turns.min_silence == 5120
+    assert default.echo == EchoOptions(cancel=True, guard=EchoGuardOptions()) and default.turns.min_silence == 5120
     assert build_parser().parse_args(["--input-device", "micsink.monitor"]).input_device == "micsink.monitor"
     with pytest.raises(OmniError, match="--pause-ms"):
         live_cli.live_options(build_parser().parse_args(["--mic", "--pause-ms", "900"]))

@@ -6,9 +6,10 @@
    `EchoDelayEstimator` measures (envelope cross-correlation over the last seconds of playback).
    Offline, speech echo at 0 dB: no VAD window above threshold at 0.2-0.5 s without the pre-delay, ~240 of 400
    windows at 0.7-0.9 s; with it, none once the delay is locked (after 2.5 s of playback).
-2. `EchoGuard` (`--echo guard`, where livekit is not installed): a double-talk detector in the style of Geigel's: a
-   window counts as the user's voice only if the microphone is louder, by `margin_db`, than the loudest echo the
-   recent playback could cause, with the echo path's gain measured while the assistant plays.
+2. `EchoGuard`: a double-talk detector in the style of Geigel's: a window counts as the user's voice only if the
+   microphone is louder, by `margin_db`, than the loudest echo the recent playback could cause, with the echo path's
+   gain measured while the assistant plays. Behind the canceller while it may still be converging; alone with
+   `--echo guard` (where livekit is not installed).
 """
 
 from __future__ import annotations
@@ -267,31 +268,37 @@ class EchoGuard:
 
 @dataclass(frozen=True)
 class EchoOptions:
-    """`cancel`: AEC3 on the microphone; `guard`: the level check (after the canceller, if both). Headphones: neither.
-    The default is the canceller alone: offline, with speech echo at 0.2-0.9 s and 0/-6 dB, the guard after it
-    stopped no false trigger the canceller let through and missed 1-4 of 4 double-talk barge-ins the canceller alone
-    caught."""
+    """`cancel`: AEC3 on the microphone; `guard`: the level check (behind the canceller only until the delay
+    estimator has decided, see `EchoPath`). Headphones: neither."""
 
     cancel: bool = True
     guard: EchoGuardOptions | None = None
 
     @classmethod
     def named(cls, mode: str) -> EchoOptions:
-        """`cancel`, `guard` (the level check alone, without livekit) or `off` (headphones)."""
-        return {"cancel": cls(), "guard": cls(cancel=False, guard=EchoGuardOptions()), "off": cls(cancel=False)}[mode]
+        """`cancel` (the canceller, the guard behind it), `guard` (the level check alone, without livekit) or `off`
+        (headphones)."""
+        return {"cancel": cls(guard=EchoGuardOptions()), "guard": cls(cancel=False, guard=EchoGuardOptions()),
+                "off": cls(cancel=False)}[mode]
 
 
 class EchoPath:
     """The microphone as the VAD should hear it: `clean` removes the echo, `is_echo` vetoes what is left of it.
 
-    Once the delay estimator has found that there is no echo (about 1.2 s into the first answer; the decision holds
-    across answers) the canceller's output is no longer used: without an echo it only costs, its suppressor holding
-    back the start of the user's speech over the playback by 0.2-1.4 s (offline, no echo path)."""
+    Until the delay estimator knows whether there is an echo (about 1.2 s into the first answer for none, 2.5 s for
+    one; the finding holds across answers), the canceller may still be converging: the guard vetoes behind it then
+    (measured on a real sound server: without it the first 0.2-0.4 s of an answer's -6 dB echo interrupted it).
+    Once an echo is found, the canceller alone; once none is found, the raw microphone: without an echo the
+    canceller only costs, its suppressor holding back the start of the user's speech over the playback by
+    0.2-1.4 s (offline, no echo path)."""
 
     def __init__(self, opts: EchoOptions, window: int):
         self.canceller = EchoCanceller() if opts.cancel else None
         self.guard = EchoGuard(opts.guard, window) if opts.guard is not None else None
         self.reference = EchoReference()
+
+    def _echo(self) -> bool | None:
+        return self.canceller.estimator.echo if self.canceller is not None else None
 
     def clean(self, mic: np.ndarray, played: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the cleaned block, the reference block it was cleaned against); `played`: new 16 kHz playback."""
@@ -299,7 +306,10 @@ class EchoPath:
         if self.canceller is None:
             return mic, ref
         out = self.canceller.process(mic, ref)
-        return (mic if self.canceller.estimator.echo is False else out), ref
+        return (mic if self._echo() is False else out), ref
 
     def is_echo(self, clean: np.ndarray, ref: np.ndarray, speech: bool) -> bool:
-        return self.guard is not None and self.guard.is_echo(clean, ref, speech)
+        if self.guard is None:
+            return False
+        echo = self.guard.is_echo(clean, ref, speech)  # always, so that it stays calibrated
+        return echo and (self.canceller is None or self._echo() is None)
