@@ -21,14 +21,13 @@ from .cli_support import (TERMINATED_EXIT, HelpFormatter, OneLineErrorParser, Te
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import GenerationOptions
-from .model import AudioChunk, Conversation, OmniModel, TextDelta, Transcript
+from .model import DEFAULT_CONTEXT, AudioChunk, Conversation, OmniModel, TextDelta, Transcript
 from .sampling import TextSampling
 from .live.cli import add_arguments as add_live_arguments
 from .web.cli import add_arguments as add_serve_arguments
 from .session import SessionOptions
 from .user_voices import voice_listing
 
-DEFAULT_CONTEXT = 2048  # KV positions of a dynamic bundle's conversation when --context is not given
 
 
 def build_parser() -> argparse.ArgumentParser:

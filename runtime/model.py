@@ -156,10 +156,13 @@ class TurnEnd:
     reason: str  # "eos" (text and audio finished), "length" (max_new_tokens) or "context" (context limit)
 
 
+DEFAULT_CONTEXT = 2048  # KV positions of a dynamic bundle's conversation when none is asked for
+
+
 class Conversation:
     """One dialogue: KV caches, history and voice. Each `respond` is a turn; later turns reuse the cached prefix."""
 
-    def __init__(self, model: OmniModel, voice: str | None = None, context: int = 2048):
+    def __init__(self, model: OmniModel, voice: str | None = None, context: int = DEFAULT_CONTEXT):
         if model.static is not None:
             context = model.static.context  # its graphs read exactly this many cache slots
         if context < 16:

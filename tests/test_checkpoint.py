@@ -144,7 +144,7 @@ def test_unknown_files_are_rejected(tmp_path, content):
         pattern = "not a MiniMind-O checkpoint"
     else:
         path.write_bytes(content)
-        pattern = "cannot read .* as a torch or safetensors checkpoint"
+        pattern = "cannot read checkpoint .*: it is not a torch or safetensors file"
     with pytest.raises(ValueError, match=pattern):
         load_checkpoint(path)
 

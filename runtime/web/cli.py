@@ -10,7 +10,7 @@ import sys
 
 from ..errors import OmniError
 from ..generate import GenerationOptions
-from ..model import OmniModel
+from ..model import DEFAULT_CONTEXT, OmniModel
 from ..session import SessionOptions
 from .server import LOOPBACK_NAMES, ServeOptions, create_app
 
@@ -41,7 +41,8 @@ def serve_options(args: argparse.Namespace, gen: GenerationOptions) -> ServeOpti
     if args.token is not None and len(args.token) < 8:
         raise OmniError("--token must be at least 8 characters; leave it out to get a random one")
     token = args.token or (secrets.token_urlsafe(16) if args.allow_remote else None)
-    return ServeOptions(gen, args.seed, args.context, args.max_conversations, token, args.allow_remote, args.voice)
+    return ServeOptions(gen, args.seed, args.context or DEFAULT_CONTEXT, args.max_conversations, token,
+                        args.allow_remote, args.voice)
 
 
 def bind(host: str, port: int) -> socket.socket:
