@@ -5,7 +5,7 @@
    Bluetooth and the sound server can add more, so beyond that the reference is delayed by what
    `EchoDelayEstimator` measures (envelope cross-correlation over the last seconds of playback).
    Offline, speech echo at 0 dB: no VAD window above threshold at 0.2-0.5 s without the pre-delay, ~240 of 400
-   windows at 0.7-0.9 s; with it, none once the delay is locked (after 2.5 s of playback).
+   windows at 0.7-0.9 s; with it, at most 2 once the delay is locked (after 2.5 s of playback).
 2. `EchoGuard`: a double-talk detector in the style of Geigel's: a window counts as the user's voice only if the
    microphone is louder, by `margin_db`, than the loudest echo the recent playback could cause, with the echo path's
    gain measured while the assistant plays. Behind the canceller while it may still be converging; alone with
@@ -287,10 +287,10 @@ class EchoPath:
 
     Until the delay estimator knows whether there is an echo (about 1.2 s into the first answer for none, 2.5 s for
     one; the finding holds across answers), the canceller may still be converging: the guard vetoes behind it then
-    (measured on a real sound server: without it the first 0.2-0.4 s of an answer's -6 dB echo interrupted it).
+    (measured on a real sound server: without it an answer's -6 dB echo interrupted it 0.2-0.5 s after it began).
     Once an echo is found, the canceller alone; once none is found, the raw microphone: without an echo the
     canceller only costs, its suppressor holding back the start of the user's speech over the playback by
-    0.2-1.4 s (offline, no echo path)."""
+    0.2-1.0 s, or missing it (offline, no echo path: 1 of 4 missed)."""
 
     def __init__(self, opts: EchoOptions, window: int):
         self.canceller = EchoCanceller() if opts.cancel else None
