@@ -96,7 +96,6 @@ class Player:
             raise OmniError(f"cannot open the audio output device {device if device is not None else '(default)'} "
                             f"({e}); list the devices with `omni-run --list-devices`, choose one with "
                             f"--output-device, or close the program holding it") from None
-        self.latency = float(self._stream.latency)
 
     def _callback(self, outdata, frames, time, status) -> None:
         try:
@@ -130,8 +129,10 @@ class Player:
         return not self._q.empty() or len(self._pending) > 0
 
     def stop(self) -> None:
-        """Cut (barge-in): drop what is queued and abort the stream, which discards the device's buffer too (a
-        drain would play it). The audio that buffer held was never heard, so it leaves `played_samples`."""
+        """Cut (barge-in): drop what is queued; the stream keeps running, so only the device's own buffer (a block
+        or two at `latency="low"`) still plays, and is counted as heard. Not aborting keeps the played stream on the
+        microphone's clock: an abort and restart skips time, which moves the echo canceller's reference and makes it
+        re-converge (measured on a real sound server: the next answer's echo then interrupted it)."""
         self._pending = np.zeros(0, np.float32)
         self._expecting = False
         while True:
@@ -139,12 +140,6 @@ class Player:
                 self._q.get_nowait()
             except queue.Empty:
                 break
-        self.played_samples = max(0, self.played_samples - round(self.latency * self.sample_rate))
-        try:
-            self._stream.abort()
-            self._stream.start()
-        except Exception:  # PortAudioError: the device or sound server is gone, so nothing is playing
-            pass
 
     def take_played(self) -> np.ndarray:
         """What the callback has played since the last call (silence included), for echo handling and --record."""

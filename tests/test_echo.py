@@ -1,7 +1,8 @@
 """The echo path offline, on recorded speech: the assistant's voice played back into the microphone at a delay past
 what WebRTC's AEC3 finds alone (0.7 s) is found by the delay estimator and cancelled before the VAD (no speech left
-once it is locked); the user's voice over it still comes through; without an echo the microphone passes unchanged
-(the canceller's suppressor would hold back barge-in). Then: native PortAudio/ALSA error lines never reach the
+once it is locked); the user's voice over it still comes through; without an echo the microphone passes unchanged,
+and the user's speech over the first answer is heard at once, before the estimator has decided (the canceller's
+suppressor alone zeroes it). Then: native PortAudio/ALSA error lines never reach the
 terminal while the devices are open, other lines do."""
 
 from __future__ import annotations
@@ -27,13 +28,10 @@ def speech() -> tuple[np.ndarray, np.ndarray]:
     return voice / np.abs(voice).max() * 0.5, load_audio(CLIPS / "audio-en-05_why_is_the_sky_blue.mp3") * 0.5
 
 
-def through(path: EchoPath, vad: SileroVad, mic: np.ndarray, played: np.ndarray) -> np.ndarray:
-    """Speech probability per 512-sample window of the cleaned microphone."""
-    probs = []
-    for i in range(len(mic) // 512):
-        clean, _ = path.clean(mic[i * 512:(i + 1) * 512], played[i * 512:(i + 1) * 512])
-        probs.append(vad(clean))
-    return np.array(probs)
+def through(path: EchoPath, mic: np.ndarray, played: np.ndarray) -> np.ndarray:
+    """Speech probability per 512-sample window of the microphone as turn-taking hears it."""
+    return np.array([path.hear(mic[i * 512:(i + 1) * 512], played[i * 512:(i + 1) * 512], 0.8)[1]
+                     for i in range(len(mic) // 512)])
 
 
 def test_a_late_echo_is_found_and_cancelled_and_the_user_still_heard(tiny_bundle, speech):
@@ -44,8 +42,8 @@ def test_a_late_echo_is_found_and_cancelled_and_the_user_still_heard(tiny_bundle
     at = 7 * 16000
     mic[at:at + len(user)] += user  # the user speaks over it at 7 s
     vad = SileroVad.from_bundle(Bundle.open(tiny_bundle))
-    path = EchoPath(EchoOptions(), 512)
-    probs = through(path, vad, mic, voice)
+    path = EchoPath(EchoOptions.named("cancel"), 512, vad)
+    probs = through(path, mic, voice)
     est = path.canceller.estimator
     assert est.echo and est.delay == pytest.approx(0.7, abs=0.04)
     speech = np.nonzero(probs > 0.8)[0] * 512 / 16000
@@ -56,15 +54,36 @@ def test_a_late_echo_is_found_and_cancelled_and_the_user_still_heard(tiny_bundle
     assert (raw[:int(7 * 16000 / 512)] > 0.8).sum() > 50  # the echo alone is speech to the VAD
 
 
-def test_without_an_echo_the_microphone_passes_unchanged(speech):
+def test_without_an_echo_the_microphone_passes_unchanged(tiny_bundle, speech):
     voice, user = speech
-    path = EchoPath(EchoOptions(), 512)
+    path = EchoPath(EchoOptions.named("cancel"), 512, SileroVad.from_bundle(Bundle.open(tiny_bundle)))
     mic = np.random.default_rng(0).normal(0, 1e-3, len(voice)).astype(np.float32)
-    out = np.concatenate([path.clean(mic[i * 512:(i + 1) * 512], voice[i * 512:(i + 1) * 512])[0]
+    out = np.concatenate([path.hear(mic[i * 512:(i + 1) * 512], voice[i * 512:(i + 1) * 512], 0.8)[0]
                           for i in range(len(mic) // 512)])
-    assert path.canceller.estimator.echo is False
-    n = 4 * 16000
-    np.testing.assert_array_equal(out[n:], mic[n:len(out)])
+    assert path.echo is False
+    np.testing.assert_array_equal(out, mic[:len(out)])
+
+
+def test_speech_over_the_first_answer_is_heard_before_the_estimator_decides(tiny_bundle, speech):
+    """No echo path (headphones, or a muted speaker): the user speaks 1 s into the first answer."""
+    voice, user = speech
+    vad = SileroVad.from_bundle(Bundle.open(tiny_bundle))
+    mic = np.random.default_rng(0).normal(0, 1e-3, len(voice)).astype(np.float32)
+    at = 16000
+    mic[at:at + len(user)] += user[:len(mic) - at]
+    onset = at + int(np.argmax(np.abs(user) > 0.02))
+    windows = slice(onset // 512, onset // 512 + 8)  # the first 256 ms of the user's speech
+    path = EchoPath(EchoOptions.named("cancel"), 512, vad)
+    n = windows.stop * 512
+    probs = through(path, mic[:n], voice[:n])
+    assert path.echo is None  # undecided until the user's speech is heard
+    assert (probs[windows] > 0.8).any()
+    # the canceller's output alone, as the VAD would judge it: the suppressor holds the user back
+    vad.reset()
+    alone = EchoPath(EchoOptions(cancel=True), 512, vad)
+    cleaned = [alone.canceller.process(mic[i * 512:(i + 1) * 512], voice[i * 512:(i + 1) * 512])
+               for i in range(len(mic) // 512)]
+    assert not (np.array([vad(c) for c in cleaned])[windows] > 0.8).any()
 
 
 def test_delay_estimator_needs_two_agreeing_estimates(speech):

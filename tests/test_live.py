@@ -227,7 +227,7 @@ def test_options_from_the_command_line():
                                       "--vad-threshold", "0.6", "--input-device", "2", "--echo", "off"])
     opts = live_cli.live_options(args)
     assert (opts.turns.min_silence, opts.turns.barge_in_speech, opts.turns.threshold) == (8000, 1536, 0.6)
-    assert opts.turns.pause == 1024 and opts.echo == EchoOptions(cancel=False) and args.input_device == 2
+    assert opts.turns.pause == 1024 and opts.echo == EchoOptions(cancel=False, guard=None) and args.input_device == 2
     default = live_cli.live_options(build_parser().parse_args(["--mic"]))
     assert default.echo == EchoOptions(cancel=True, guard=EchoGuardOptions()) and default.turns.min_silence == 5120
     assert build_parser().parse_args(["--input-device", "micsink.monitor"]).input_device == "micsink.monitor"

@@ -1,6 +1,6 @@
 """The sounddevice backend with sounddevice replaced by a fake (no hardware): capture at the device's rate in 10 ms
-device blocks becomes 16 kHz blocks of the VAD's size; playback is aborted (not drained) when cut and reports what
-was heard; a sound-server name is routed through the `pulse` device; missing devices and a lost sound server are one
+device blocks becomes 16 kHz blocks of the VAD's size; playback cut mid-answer drops the queue but keeps the stream
+running (an abort would skip time in the echo reference) and reports what was heard; a sound-server name is routed through the `pulse` device; missing devices and a lost sound server are one
 clear error. The echo reference keeps the played signal in step with the microphone."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_lost_sound_server_is_one_clear_error(fake_sd):
         DeviceMicrophone(timeout=0.01).read()
 
 
-def test_speaker_cut_aborts_the_stream_and_counts_only_what_was_heard(fake_sd):
+def test_speaker_cut_drops_the_queue_keeps_the_stream_and_counts_what_was_heard(fake_sd):
     p = device_speaker(24000)
     assert p.block == 480 and p._stream.requested_latency == "low"
     out = np.zeros((480, 1), np.float32)
@@ -103,8 +103,8 @@ def test_speaker_cut_aborts_the_stream_and_counts_only_what_was_heard(fake_sd):
     for _ in range(5):
         p._stream.callback(out, 480, None, None)
     assert p.busy and p.played_samples == 2400
-    p.stop()  # aborted, not drained: the device's buffer (latency 20 ms = 480 samples) was never heard
-    assert not p.busy and p._stream.aborted == 1 and p.played_samples == 2400 - 480
+    p.stop()  # the queue is dropped; what the callback already handed to the device plays, and was heard
+    assert not p.busy and p._stream.aborted == 0 and p.played_samples == 2400
     p._stream.callback(out, 480, None, None)  # after the cut: silence, and no underrun (no answer is coming)
     played = p.take_played()
     assert np.array_equal(played, np.r_[np.full(1920, 0.1, np.float32), np.full(480, 0.2, np.float32),
@@ -124,20 +124,28 @@ def test_simulated_echo_is_the_played_signal_delayed_and_attenuated():
     assert not x[:start - 1].any() and np.allclose(x[start + 1:], 0.1)
 
 
-def test_echo_reference_follows_the_microphone_timeline():
-    """Played sample k sits beside microphone sample k + the slack, however the played audio is chunked; a sample that
-    comes after its slot leaves a zero and shifts nothing."""
-    slack = 384
-    ref, to16k = EchoReference(slack=slack / 16000), Resampler(24000, 16000)
-    played = np.random.default_rng(0).normal(0, 0.1, 32 * 768).astype(np.float32)
-    got = np.concatenate([ref.next(to16k(played[i:i + 768]), 512) for i in range(0, len(played), 768)])
-    assert len(got) == 32 * 512
+def test_echo_reference_is_kept_just_ahead_of_the_playback():
+    """The played stream started 150 ms before the microphone's first block (as PulseAudio's capture does): within
+    a second the reference is trimmed to 30 ms behind the newest played audio, and stays there, in order, however
+    the played audio is chunked; a stalled output makes it later, never earlier."""
+    to16k = Resampler(24000, 16000)
+    ref = EchoReference(lead=0.03, tolerance=0.02, settle=1.0)
+    played = np.random.default_rng(0).normal(0, 0.1, 96 * 768).astype(np.float32)
     want = soxr.resample(played, 24000, 16000, quality="QQ")
-    np.testing.assert_allclose(got[slack:], want[:-slack], atol=1e-5)
-    late = EchoReference(slack=0.0)
-    assert not late.next(np.zeros(0, np.float32), 512).any()  # nothing played yet: zeros stand in
-    x = np.arange(1, 1025, dtype=np.float32)
-    np.testing.assert_array_equal(late.next(x, 512), x[512:])  # the first 512 missed their slot
+    head = 2400  # 150 ms at 16 kHz, played before the microphone's first block
+    got = [ref.next(want[:head], 0)]
+    for i in range(0, 96 * 512, 512):
+        got.append(ref.next(want[head + i:head + i + 512], 512))
+    got = np.concatenate(got)
+    # the first second: 150 ms behind the newest played audio; then 30 ms
+    np.testing.assert_array_equal(got[:16384], want[:16384])
+    lag = head - 480  # what was skipped at the trim
+    end = len(want) - head  # where the played audio runs out
+    np.testing.assert_array_equal(got[16384:end], want[16384 + lag:end + lag])
+    stalled = EchoReference()
+    assert not stalled.next(np.zeros(0, np.float32), 512).any()  # nothing played yet: zeros stand in
+    x = np.arange(1, 257, dtype=np.float32)
+    np.testing.assert_array_equal(stalled.next(x, 512), np.r_[np.zeros(256, np.float32), x])
 
 
 def test_echo_guard_learns_the_echo_path():
@@ -152,3 +160,21 @@ def test_echo_guard_learns_the_echo_path():
     assert not guard.is_echo(0.3 * ref + rng.normal(0, 0.1, 512).astype(np.float32), ref, speech=True)
     silent = np.zeros(512, np.float32)
     assert not EchoGuard().is_echo(np.full(512, 0.01, np.float32), silent, speech=True)  # nothing played
+
+
+def test_echo_guard_with_a_known_delay_listens_only_around_it():
+    """After the playback stops, the user's voice at the echo's level is vetoed for `max_delay` while the delay is
+    unknown, and only for the delay plus `spread` once it is known."""
+    rng = np.random.default_rng(0)
+    silent = np.zeros(512, np.float32)
+
+    def vetoed_after_stop(delay):
+        guard = EchoGuard()
+        for _ in range(60):  # 1.9 s of playback heard at -6 dB
+            ref = rng.normal(0, 0.1, 512).astype(np.float32)
+            guard.is_echo(0.5 * ref, ref, speech=True, delay=delay)
+        voice = rng.normal(0, 0.05, 512).astype(np.float32)  # as loud as the echo was
+        return sum(guard.is_echo(voice, silent, speech=True, delay=delay) for _ in range(40)) * 512 / 16000
+
+    assert vetoed_after_stop(None) == pytest.approx(1.2, abs=0.04)
+    assert vetoed_after_stop(0.1) == pytest.approx(0.1 + 0.15, abs=0.04)

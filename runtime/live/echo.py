@@ -10,17 +10,19 @@
    microphone is louder, by `margin_db`, than the loudest echo the recent playback could cause, with the echo path's
    gain measured while the assistant plays. Behind the canceller while it may still be converging; alone with
    `--echo guard` (where livekit is not installed).
+`EchoPath` puts them together for turn-taking.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import OmniError
 from ..speech import SAMPLE_RATE as MIC_RATE
+from .vad import SileroVad
 
 AEC_FRAME = MIC_RATE // 100  # the audio processing module takes 10 ms frames
 
@@ -43,30 +45,36 @@ class Resampler:
 
 
 class EchoReference:
-    """What the speaker played, at the microphone's rate, one block per microphone block: played sample k beside
-    microphone sample k + `slack`. Both streams run in real time from their start, so the index is the clock; the
-    slack absorbs the played samples' lateness (they arrive with the output callback, every 20 ms, and the resampler
-    holds a few ms back) and is far below any real echo's delay (device buffers alone exceed it). A sample that
-    still arrives after its slot is dropped and a zero stands in, so lateness never shifts the alignment. At most
-    `max_lead` seconds are kept ahead."""
+    """What the speaker played, at the microphone's rate, one block per microphone block, kept early: the block
+    handed out is the oldest played audio not yet handed out, and the audio received but not yet handed out (the
+    lead) is trimmed to `lead` seconds whenever it stayed above `lead + tolerance` for `settle` seconds. The played
+    stream's samples arrive when the output callback hands them to the device, before they are heard (the device's
+    buffer, then the microphone's), so a reference that is at most `lead + tolerance` behind the newest of them is
+    ahead of the echo: what the canceller and the delay estimator need. Aligning by index from each stream's start
+    is not enough: on PulseAudio the capture stream delivers its first block ~1.7 s after it was started, while
+    the playback stream runs from its start, and the reference came out 50-80 ms behind the echo (measured), which
+    no canceller can remove. The two streams run on one clock, so after the first trim the alignment holds; a
+    stalled output callback (no audio to hand out) makes the reference later by the shortfall."""
 
-    def __init__(self, slack: float = 0.024, max_lead: float = 2.0):
-        self._fifo = np.zeros(int(slack * MIC_RATE), np.float32)
-        self._received, self._taken = len(self._fifo), 0  # samples received / handed out since the start
-        self._max_lead = int(max_lead * MIC_RATE)
+    def __init__(self, lead: float = 0.03, tolerance: float = 0.02, settle: float = 1.0):
+        self._fifo = np.zeros(0, np.float32)
+        self._lead, self._tolerance = int(lead * MIC_RATE), int(tolerance * MIC_RATE)
+        self._settle = int(settle * MIC_RATE)
+        self._min_lead, self._seen = None, 0
 
     def next(self, played: np.ndarray, n: int) -> np.ndarray:
         """Add what the speaker played since the last call (16 kHz); return the next `n` samples."""
-        self._fifo = np.concatenate([self._fifo, played])[-self._max_lead:]
-        self._received += len(played)
-        first = self._received - len(self._fifo)  # index of the fifo's first sample
-        if first < self._taken:  # its slot has passed
-            self._fifo, first = self._fifo[self._taken - first:], self._taken
-        missing = min(n, first - self._taken)
-        out = np.concatenate([np.zeros(missing, np.float32), self._fifo[:n - missing]])
-        self._fifo = self._fifo[n - missing:]
-        self._taken += n
-        return np.pad(out, (0, n - len(out)))
+        self._fifo = np.concatenate([self._fifo, played])
+        out = np.pad(self._fifo[:n], (n - min(n, len(self._fifo)), 0))
+        self._fifo = self._fifo[n:]
+        lead = len(self._fifo)
+        self._min_lead = lead if self._min_lead is None else min(self._min_lead, lead)
+        self._seen += n
+        if self._seen >= self._settle:
+            if self._min_lead > self._lead + self._tolerance:
+                self._fifo = self._fifo[self._min_lead - self._lead:]
+            self._min_lead, self._seen = None, 0
+        return out
 
 
 class DelayLine:
@@ -97,6 +105,8 @@ class DelayEstimatorOptions:
     every: float = 0.5  # seconds between estimates
     min_correlation: float = 0.5  # an echo: two estimates in a row this correlated, at lags this many hops apart,
     agree: int = 3  # lock the delay
+    relock: int = 3  # moving a locked delay takes this many estimates in a row, each this correlated: a user who
+    relock_correlation: float = 0.8  # speaks ~1 s into each answer correlates with it by the onsets (0.5-0.9)
     no_echo: float = 0.2  # no echo: two estimates in a row below this (headphones, muted speakers)
     leave: float = 0.4  # delays up to this are left to the canceller: moving its reference makes it re-converge
     margin: float = 0.25  # of a longer delay, what is left to the canceller (it cannot cancel an echo before it)
@@ -112,7 +122,7 @@ class EchoDelayEstimator:
         self._mic: deque[float] = deque(maxlen=n)
         self._ref: deque[float] = deque(maxlen=n)
         self._since = 0
-        self._last: tuple[int, float] | None = None
+        self._recent: deque[tuple[int, float]] = deque(maxlen=max(2, opts.relock))  # (lag in hops, correlation)
         self.delay: float | None = None  # seconds, once locked
         self.echo: bool | None = None
 
@@ -126,19 +136,27 @@ class EchoDelayEstimator:
         if self._since < o.every * MIC_RATE or len(self._ref) < self._ref.maxlen:
             return None
         self._since = 0
-        now, last = self._estimate(), self._last
-        self._last = now
-        if now is None or last is None:
+        now = self._estimate()
+        if now is None:
+            self._recent.clear()
             return None
-        if max(now[1], last[1]) < o.no_echo:
+        self._recent.append(now)
+        if len(self._recent) >= 2 and max(c for _, c in list(self._recent)[-2:]) < o.no_echo:
             self.echo = False
-        if min(now[1], last[1]) < o.min_correlation or abs(now[0] - last[0]) > o.agree:
+        need, corr = (2, o.min_correlation) if self.delay is None else (o.relock, o.relock_correlation)
+        agreeing = list(self._recent)[-2:]
+        if len(agreeing) < 2 or min(c for _, c in agreeing) < o.min_correlation or \
+                max(lag for lag, _ in agreeing) - min(lag for lag, _ in agreeing) > o.agree:
             return None
-        self.echo = True
         delay = now[0] * hop / MIC_RATE
         if self.delay is not None and abs(delay - self.delay) <= o.agree * hop / MIC_RATE:
+            self.echo = True
             return None
-        self.delay = delay
+        moved = list(self._recent)[-need:]
+        if len(moved) < need or min(c for _, c in moved) < corr or \
+                max(lag for lag, _ in moved) - min(lag for lag, _ in moved) > o.agree:
+            return None
+        self.echo, self.delay = True, delay
         return delay
 
     def _estimate(self) -> tuple[int, float] | None:
@@ -197,6 +215,11 @@ class EchoCanceller:
             self._next, self._warmed = _Aec3(self._rtc, new), 0
             self._next.ref = np.zeros(len(self._mic), np.float32)  # in step with the microphone samples held
 
+    @property
+    def settled(self) -> bool:
+        """An echo was found and the canceller aligned to it (no second canceller still warming up)."""
+        return bool(self.estimator.echo) and self._next is None
+
     def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
         delay = self.estimator.push(mic, ref)
         if delay is not None:
@@ -229,8 +252,10 @@ class EchoCanceller:
 class EchoGuardOptions:
     margin_db: float = 6.0  # how much louder than the expected echo the user must be
     max_delay: float = 1.2  # seconds of speaker -> microphone delay covered (devices, Bluetooth, room)
+    spread: float = 0.15  # with the delay known: seconds beyond it covered (the echo's ring, jitter)
     initial_gain_db: float = 0.0  # echo path gain assumed before it is measured (laptop speakers: about -10..0 dB)
-    calibration: float = 0.5  # seconds of playback heard before the measured gain is used
+    horizon: float = 0.6  # seconds of playback before the echo path is measured: an echo up to this late is seen
+    calibration: float = 0.3  # seconds of playback measured before the measured gain is used
     history: float = 4.0  # seconds of playback the measurement looks back over
     percentile: float = 95.0
     silence: float = 1e-4  # reference RMS below this is no playback
@@ -243,6 +268,8 @@ class EchoGuard:
         self._ref = deque(maxlen=int(np.ceil(opts.max_delay * per_s)) + 1)
         self._ratios: deque[float] = deque(maxlen=int(opts.history * per_s))
         self._min_ratios = int(opts.calibration * per_s)
+        self._horizon, self._played = int(opts.horizon * per_s), 0
+        self._per_s, self._delay = per_s, None
         self._margin = 10 ** (opts.margin_db / 20)
 
     @property
@@ -252,16 +279,27 @@ class EchoGuard:
             return 10 ** (self.opts.initial_gain_db / 20)
         return float(np.percentile(self._ratios, self.opts.percentile))
 
-    def is_echo(self, mic: np.ndarray, ref: np.ndarray, speech: bool) -> bool:
+    def is_echo(self, mic: np.ndarray, ref: np.ndarray, speech: bool, delay: float | None = None) -> bool:
         """Whether this microphone window can be explained by echo of the playback (ref: the same span played;
-        speech: the VAD's verdict). Windows taken for the user's voice do not enter the echo measurement."""
+        speech: the VAD's verdict; delay: the echo's, in seconds, once known, else anything up to `max_delay`).
+        Windows taken for the user's voice do not enter the echo measurement. A known delay lets the user speak
+        right after the playback stops (else the guard listens for echo `max_delay` longer); echoes shorter than
+        it stay covered."""
         self._ref.append(float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))))
-        envelope = max(self._ref)
+        if delay != self._delay:  # the envelope changes meaning: measure the gain afresh
+            self._delay = delay
+            self._ratios.clear()
+        if delay is None:
+            envelope = max(self._ref)
+        else:
+            recent = list(self._ref)[::-1]  # recent[k]: the window k windows ago
+            envelope = max(recent[:round((delay + self.opts.spread) * self._per_s) + 1])
         if envelope < self.opts.silence:
             return False
+        self._played += 1
         level = float(np.sqrt(np.mean(mic.astype(np.float64) ** 2)))
         echo = level <= self._margin * self.gain * envelope
-        if echo or not speech:
+        if (echo or not speech) and self._played > self._horizon:
             self._ratios.append(level / envelope)
         return echo
 
@@ -272,44 +310,60 @@ class EchoOptions:
     estimator has decided, see `EchoPath`). Headphones: neither."""
 
     cancel: bool = True
-    guard: EchoGuardOptions | None = None
+    guard: EchoGuardOptions | None = field(default_factory=EchoGuardOptions)
 
     @classmethod
     def named(cls, mode: str) -> EchoOptions:
         """`cancel` (the canceller, the guard behind it), `guard` (the level check alone, without livekit) or `off`
         (headphones)."""
-        return {"cancel": cls(guard=EchoGuardOptions()), "guard": cls(cancel=False, guard=EchoGuardOptions()),
-                "off": cls(cancel=False)}[mode]
+        return {"cancel": cls(), "guard": cls(cancel=False), "off": cls(cancel=False, guard=None)}[mode]
 
 
 class EchoPath:
-    """The microphone as the VAD should hear it: `clean` removes the echo, `is_echo` vetoes what is left of it.
+    """The microphone as turn-taking should hear it: `hear` gives the audio a turn keeps and its speech probability,
+    with the assistant's echo removed.
 
-    Until the delay estimator knows whether there is an echo (about 1.2 s into the first answer for none, 2.5 s for
-    one; the finding holds across answers), the canceller may still be converging: the guard vetoes behind it then
-    (measured on a real sound server: without it an answer's -6 dB echo interrupted it 0.2-0.5 s after it began).
-    Once an echo is found, the canceller alone; once none is found, the raw microphone: without an echo the
-    canceller only costs, its suppressor holding back the start of the user's speech over the playback by
-    0.2-1.0 s, or missing it (offline, no echo path: 1 of 4 missed)."""
+    With the canceller, what is heard depends on what the delay estimator found (the finding holds across answers):
+    - not known yet: the raw microphone with the guard behind it. The canceller is not trusted before it has
+      settled: on a real sound server its suppressor zeroed the user's speech over the playback when there was no
+      echo (barge-ins heard 1-2 s late or missed), and let echo through once its initial suppression ended (answers
+      interrupted themselves). The guard hears a user louder than the echo from 0.9 s into the first answer
+      (`EchoGuardOptions.horizon` and `calibration`).
+    - an echo, and the canceller aligned to it (2.5 s into the first answer, 4 s for echoes later than 0.4 s):
+      speech in either the canceller's output or the guarded raw microphone. The turn keeps the canceller's output.
+    - none (about 1.2 s into the first answer): the raw microphone alone; the canceller only costs then.
+    The estimator can take a user who speaks as answers begin for an echo (their onsets correlate): the guarded
+    raw view still hears them then.
+    Without the canceller: the raw microphone, with the guard behind it (`--echo guard`) or not (`--echo off`)."""
 
-    def __init__(self, opts: EchoOptions, window: int):
+    def __init__(self, opts: EchoOptions, window: int, vad: SileroVad):
         self.canceller = EchoCanceller() if opts.cancel else None
-        self.guard = EchoGuard(opts.guard, window) if opts.guard is not None else None
         self.reference = EchoReference()
+        self.guard = EchoGuard(opts.guard, window) if opts.guard is not None else None
+        self._vad = vad
+        self._clean_vad = SileroVad(vad.session) if self.canceller is not None else None  # its own state
 
-    def _echo(self) -> bool | None:
+    @property
+    def echo(self) -> bool | None:
+        """Whether the microphone hears the speaker: None while unknown, or without the canceller."""
         return self.canceller.estimator.echo if self.canceller is not None else None
 
-    def clean(self, mic: np.ndarray, played: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the cleaned block, the reference block it was cleaned against); `played`: new 16 kHz playback."""
+    def _raw(self, mic: np.ndarray, ref: np.ndarray, threshold: float, veto: bool) -> float:
+        p = self._vad(mic)
+        delay = self.canceller.estimator.delay if self.canceller is not None and self.canceller.settled else None
+        if self.guard is not None and self.guard.is_echo(mic, ref, p > threshold, delay) and veto:  # calibrated
+            return 0.0
+        return p
+
+    def hear(self, mic: np.ndarray, played: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+        """(the block a turn keeps, its speech probability); `played`: the new 16 kHz playback since the last call."""
         ref = self.reference.next(played, len(mic))
         if self.canceller is None:
-            return mic, ref
-        out = self.canceller.process(mic, ref)
-        return (mic if self._echo() is False else out), ref
-
-    def is_echo(self, clean: np.ndarray, ref: np.ndarray, speech: bool) -> bool:
-        if self.guard is None:
-            return False
-        echo = self.guard.is_echo(clean, ref, speech)  # always, so that it stays calibrated
-        return echo and (self.canceller is None or self._echo() is None)
+            return mic, self._raw(mic, ref, threshold, veto=True)
+        clean = self.canceller.process(mic, ref)
+        if self.echo is False:
+            return mic, self._raw(mic, ref, threshold, veto=False)
+        raw = self._raw(mic, ref, threshold, veto=True)
+        if not self.canceller.settled:
+            return mic, raw
+        return clean, max(raw, self._clean_vad(clean))

@@ -95,11 +95,11 @@ class LiveSession:
                  show: Callable[[str], None] = lambda s: None):
         if mic.block != opts.turns.window:
             raise ValueError(f"the microphone block ({mic.block}) must be the VAD window ({opts.turns.window})")
-        self.conv, self.vad, self.mic, self.speaker, self.clock = conv, vad, mic, speaker, clock
+        self.conv, self.mic, self.speaker, self.clock = conv, mic, speaker, clock
         self.gen, self.rng, self.opts, self.show = gen, rng, opts, show
         self.record = SideBySide(record) if record is not None else None
         self.turns = TurnTaker(opts.turns)
-        self.echo = EchoPath(opts.echo, mic.block)
+        self.echo = EchoPath(opts.echo, mic.block, vad)
         self._to_mic_rate = Resampler(speaker.sample_rate, MIC_RATE)
         self.answer: _Answer | None = None
         self.events: list[LiveEvent] = []
@@ -133,13 +133,10 @@ class LiveSession:
         played = self._to_mic_rate(self.speaker.take_played())
         if self.record is not None:
             self.record.write(block, played)
-        clean, ref = self.echo.clean(block, played)
+        heard, prob = self.echo.hear(block, played, self.opts.turns.threshold)
         if self.opts.half_duplex and self.turns.assistant_speaking:
             return None
-        prob = self.vad(clean)
-        if self.echo.is_echo(clean, ref, prob > self.opts.turns.threshold):
-            prob = 0.0
-        event = self.turns.push(clean, prob)
+        event = self.turns.push(heard, prob)
         if event is not None:
             self.log(event)
         return event
