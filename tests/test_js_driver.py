@@ -175,7 +175,8 @@ def page_answer(site: str, kind: str, params: dict[str, str], timeout: float = 2
         return browser.wait_for("window.omniResult", timeout, "the page's answer", poll=0.2)
 
 
-BROWSER_CASES = [("dynamic", ["--greedy"], {}), ("static", ["--seed", "3", "--voice", "dylan"], {"seed": "3", "voice": "dylan"})]
+BROWSER_CASES = [("dynamic", ["--greedy"], {}),
+                 ("static", ["--seed", "3", "--voice", "dylan"], {"seed": "3", "voice": "dylan"})]
 
 
 @pytest.mark.parametrize("kind,extra,params", BROWSER_CASES, ids=["greedy", "static-seeded-voice"])

@@ -9,18 +9,11 @@ import { Pcg64Random } from './rng.mjs';
 /** A prompt that does not fit the context: the caller reports `message` as a user error. */
 export class PromptTooLong extends Error {}
 
-/** Session options for the bundle's graphs on onnxruntime-node or onnxruntime-web (`ort`: the imported package).
- * onnxruntime before 1.32 dies (SIGFPE in node, a WebAssembly trap in a page) in its FusedMatMul on the zero-length
- * past of a fresh conversation (section 3); without the Transpose+MatMul fusion the fp32 graphs compute the same
- * bits (measured). */
-export function sessionOptions(ort, executionProviders) {
-  const [major, minor] = ort.env.versions.common.split('.').map(Number);
-  const old = major === 1 && minor < 32;
+/** Session options for the bundle's graphs, on onnxruntime-node ('cpu') or onnxruntime-web ('wasm'). */
+export function sessionOptions(executionProviders) {
   // Each session has its own thread pool and the graphs run one after another: spinning idle pools steal the
   // cores from the running one (full-size static int8, 2 busy cores: 272 -> 134 ms per step without spinning).
-  const extra = { session: { intra_op: { allow_spinning: '0' } } };
-  if (old) extra.optimization = { disable_specified_optimizers: 'MatmulTransposeFusion' };
-  return { executionProviders, extra };
+  return { executionProviders, extra: { session: { intra_op: { allow_spinning: '0' } } } };
 }
 
 /** Runs `question` ({text, voice, greedy, seed (BigInt or null), maxNewTokens, context}) on an open Bundle.

@@ -56,7 +56,7 @@ async function run() {
   $('status').textContent = 'loading the bundle…';
   const q = question();
   if ($('threads').value.trim()) ort.env.wasm.numThreads = Number($('threads').value); // before the first session
-  const bundle = await Bundle.open(bundleReader(), (bytes) => ort.InferenceSession.create(bytes, sessionOptions(ort, ['wasm'])));
+  const bundle = await Bundle.open(bundleReader(), (bytes) => ort.InferenceSession.create(bytes, sessionOptions(['wasm'])));
   const pcm = [];
   $('status').textContent = 'answering…';
   const result = await answer(ort, bundle, q, bundle.sessions.mimi_decoder ? async (bytes) => { pcm.push(bytes); } : null);
