@@ -1,6 +1,6 @@
 // The page's half of the step protocol: the bundle read with fetch() or from a picked folder, onnxruntime-web's
 // WebAssembly backend passed to the same lib the node CLI runs, the WAV and the --dump-codes JSON built in memory.
-// Query parameters fill the form (bundle, text, voice, seed, greedy, max-new-tokens, context, threads); with
+// Query parameters fill the form (bundle, text, voice, seed (none: greedy), max-new-tokens, context, threads); with
 // autorun=1 the page answers at once and leaves the outcome in `window.omniResult` (what the browser test reads).
 import * as ort from '../node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import { PromptTooLong, answer, sessionOptions, stopLine } from '../lib/answer.mjs';
