@@ -32,12 +32,13 @@ function bundleReader() {
   };
 }
 
+function int(id) {
+  const v = $(id).value.trim();
+  if (!/^\d+$/.test(v)) throw new Error(`${id} takes a non-negative integer, got "${v}"`);
+  return Number(v);
+}
+
 function question() {
-  const int = (id) => {
-    const v = $(id).value.trim();
-    if (!/^\d+$/.test(v)) throw new Error(`${id} takes a non-negative integer, got "${v}"`);
-    return Number(v);
-  };
   const seed = $('seed').value.trim();
   if (seed !== '' && !/^\d+$/.test(seed)) throw new Error(`seed takes a non-negative integer, got "${seed}"`);
   return { text: $('text').value, voice: $('voice').value.trim() || null, greedy: seed === '',
@@ -55,7 +56,7 @@ async function run() {
   $('answer').textContent = '';
   $('status').textContent = 'loading the bundle…';
   const q = question();
-  if ($('threads').value.trim()) ort.env.wasm.numThreads = Number($('threads').value); // before the first session
+  if ($('threads').value.trim()) ort.env.wasm.numThreads = int('threads'); // read at the first session only
   const bundle = await Bundle.open(bundleReader(), (bytes) => ort.InferenceSession.create(bytes, sessionOptions(['wasm'])));
   const pcm = [];
   $('status').textContent = 'answering…';
