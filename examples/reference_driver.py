@@ -40,11 +40,7 @@ class Graph:
     """One ONNX graph; `run` takes and returns dicts keyed by tensor name."""
 
     def __init__(self, path: Path):
-        options = ort.SessionOptions()
-        if tuple(int(x) for x in ort.__version__.split(".")[:2]) < (1, 32):
-            # Section 3: older onnxruntime dies on the fused cache matmul of a zero-length past; same bits without it
-            options.add_session_config_entry("optimization.disable_specified_optimizers", "MatmulTransposeFusion")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from omni_onnx.contracts import talker_spec
 
 from .common import (export_graph, flatten_kv, kv_pairs, past_from_feeds, present_outputs, random_past,
                      verify_shapes)
+from .empty_past import guard_empty_past
 from .modeling import OmniTorchModel
 
 FILENAME = "talker.onnx"
@@ -61,8 +62,11 @@ def reference_outputs(model: OmniTorchModel, feeds: dict[str, Tensor]) -> dict[s
 
 
 def export(model: OmniTorchModel, out_dir: str | Path) -> Path:
-    """Write `out_dir/talker.onnx` (single file, weights inside)."""
-    return export_graph(TalkerGraph(model), dummy_inputs(model.cfg), talker_spec(model.cfg), Path(out_dir) / FILENAME)
+    """Write `out_dir/talker.onnx` (single file, weights inside), its cache matmuls guarded against the first call's
+    empty cache (empty_past.py)."""
+    path = export_graph(TalkerGraph(model), dummy_inputs(model.cfg), talker_spec(model.cfg), Path(out_dir) / FILENAME)
+    guard_empty_past(path)
+    return path
 
 
 def verify(model: OmniTorchModel, path: str | Path,

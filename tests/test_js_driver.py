@@ -1,7 +1,8 @@
 """examples/js (the step protocol in JavaScript on onnxruntime-node) reproduces omni-run: prompt ids, text ids, the 8
 code streams, frames, WAV bytes and the stop line, on tiny dynamic and static bundles, greedy and seeded, with a
 voice, through a context that fills up. Its numpy-equivalent pieces (PCG64 stream, byte-level BPE) are also checked
-against numpy and `tokenizers` directly.
+against numpy and `tokenizers` directly. The same lib in a page (examples/js/web, onnxruntime-web's WebAssembly
+backend) is served from a loopback HTTP server to headless Chromium and checked against omni-run the same way.
 
 `npm ci` runs once per checkout (examples/js/node_modules, keyed by the lockfile's sha256); onnxruntime-node's
 install script is told to skip its download, the package's bundled CPU binary is what runs."""
@@ -12,6 +13,11 @@ import hashlib
 import json
 import shutil
 import subprocess
+import threading
+import urllib.parse
+from base64 import b64decode
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +137,65 @@ def test_js_tokenizer_equals_tokenizers(node, tiny_eos_checkpoint):
         ids = tok.encode(t, add_special_tokens=False).ids
         expected.append([ids, tok.decode(ids, skip_special_tokens=True)])
     assert json.loads(r.stdout) == expected
+
+
+class _IsolatedFiles(SimpleHTTPRequestHandler):
+    """Static files with the two headers that make a page cross-origin isolated (WebAssembly threads need it)."""
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(node, bundles, tmp_path_factory):
+    """http://127.0.0.1:PORT serving examples/js at /js/ and the bundles at /bundles/KIND/ (loopback only)."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "js").symlink_to(JS)
+    (root / "bundles").mkdir()
+    for kind, path in bundles.items():
+        (root / "bundles" / kind).symlink_to(path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_IsolatedFiles, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def page_answer(site: str, kind: str, params: dict[str, str], timeout: float = 240.0) -> dict:
+    """The page's answer (window.omniResult) for one question, in a fresh headless Chromium."""
+    from omni_onnx.bench.cdp import Chromium
+    query = urllib.parse.urlencode({"bundle": f"/bundles/{kind}/", "autorun": "1", **params})
+    with Chromium() as browser:
+        browser.open(f"{site}/js/web/index.html?{query}")
+        return browser.wait_for("window.omniResult", timeout, "the page's answer", poll=0.2)
+
+
+BROWSER_CASES = [("dynamic", ["--greedy"], {}),
+                 ("static", ["--seed", "3", "--voice", "dylan"], {"seed": "3", "voice": "dylan"})]
+
+
+@pytest.mark.parametrize("kind,extra,params", BROWSER_CASES, ids=["greedy", "static-seeded-voice"])
+def test_web_page_reproduces_omni_run(site, bundles, tmp_path, capsys, kind, extra, params):
+    from omni_onnx.bench.cdp import chromium_path
+    chromium_path()
+    assert omni_run(["--bundle", str(bundles[kind]), "--text", QUESTION, "--max-new-tokens", "64", *extra,
+                     "--dump-codes", str(tmp_path / "rt.json"), "--out", str(tmp_path / "rt.wav")]) == 0
+    runtime_err = capsys.readouterr().err.strip()
+    page = page_answer(site, kind, {"text": QUESTION, "max-new-tokens": "64", "threads": "1", **params})
+    assert page["ok"], page.get("error")
+    assert page["codes"].encode() == (tmp_path / "rt.json").read_bytes()
+    # Mimi's float32 math differs in WebAssembly (SIMD128, no FMA) from x86's kernels: codes stay exact, samples
+    # may move by one LSB after the 16-bit rounding (measured: see docs/step-protocol.md, "In a browser").
+    wav, expected = b64decode(page["wav"]), (tmp_path / "rt.wav").read_bytes()
+    assert wav[:44] == expected[:44]
+    moved = np.abs(np.frombuffer(wav[44:], np.int16).astype(int) - np.frombuffer(expected[44:], np.int16))
+    print(f"{kind}: {page['msPerStep']:.2f} ms per step in the page; WAV samples moved: max {moved.max()} LSB, "
+          f"{(moved > 0).mean():.2%} of them")
+    assert moved.max() <= 1
+    assert (page["stop"] or "") == runtime_err
+    assert json.loads(page["codes"])["frames"], "the case produced no audio: it would not test the Mimi path"

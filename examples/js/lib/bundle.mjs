@@ -39,7 +39,7 @@ export class Bundle {
   async voice(name) {
     const names = this.manifest.voices ?? [];
     if (!names.includes(name)) throw new Error(`unknown voice "${name}"; this bundle has: ${names.join(', ')}`);
-    const z = readNpz(await this.readBytes(`voices/${name}.npz`));
+    const z = await readNpz(await this.readBytes(`voices/${name}.npz`));
     const [rows, frames] = z.ref_codes.shape;
     const refCodes = Array.from({ length: rows }, (_, i) => Array.from(z.ref_codes.data.subarray(i * frames, (i + 1) * frames), Number));
     return { refCodes, spkEmb: Float32Array.from(z.spk_emb.data, roundToHalf) };

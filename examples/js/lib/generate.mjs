@@ -27,6 +27,15 @@ export function promptCodeRows(cfg, promptLen, refCodes) {
   return rows;
 }
 
+/** JSON as Python's json.dumps writes it (", " and ": " separators), so dumps compare byte for byte. */
+export function pythonJson(value) {
+  if (Array.isArray(value)) return '[' + value.map(pythonJson).join(', ') + ']';
+  if (value !== null && typeof value === 'object') {
+    return '{' + Object.entries(value).map(([k, v]) => JSON.stringify(k) + ': ' + pythonJson(v)).join(', ') + '}';
+  }
+  return JSON.stringify(value);
+}
+
 /** Runs the loop; `onFrame(frame)` for every finished 8-code frame (awaited). Returns the dump (prompt_ids,
  * text_ids, audio_codes, frames) and the reason it ended: "eos", "length" or "context". */
 export async function generate(model, promptIds, promptCodes, maxNewTokens, rng, onFrame, features = null) {

@@ -1,6 +1,6 @@
 // Voice presets are .npz files: a zip of .npy arrays. Enough of both formats to read them (stored or deflated
-// entries; little-endian int64/float32/float16 arrays in C order).
-import { inflateRawSync } from 'node:zlib';
+// entries; little-endian int64/float32/float16 arrays in C order). Deflate goes through DecompressionStream, which
+// node and browsers both have.
 
 function npy(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -17,8 +17,13 @@ function npy(bytes) {
   return { dtype: descr, shape, data: new types[descr](body.buffer, body.byteOffset, body.byteLength / types[descr].BYTES_PER_ELEMENT) };
 }
 
+async function inflateRaw(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate-raw'));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
 /** name (without .npy) -> {dtype, shape, data}. `bytes`: the whole .npz file (Uint8Array). */
-export function readNpz(bytes) {
+export async function readNpz(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let eocd = bytes.length - 22;
   while (eocd >= 0 && view.getUint32(eocd, true) !== 0x06054b50) eocd--;
@@ -34,7 +39,7 @@ export function readNpz(bytes) {
     const name = new TextDecoder().decode(bytes.subarray(p + 46, p + 46 + nameLen));
     const dataStart = local + 30 + view.getUint16(local + 26, true) + view.getUint16(local + 28, true);
     const raw = bytes.subarray(dataStart, dataStart + size);
-    arrays[name.replace(/\.npy$/, '')] = npy(method === 0 ? raw : new Uint8Array(inflateRawSync(raw)));
+    arrays[name.replace(/\.npy$/, '')] = npy(method === 0 ? raw : await inflateRaw(raw));
     p += 46 + nameLen + extraLen + commentLen;
   }
   return arrays;
