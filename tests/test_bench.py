@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omni_onnx.bench import quality
+from omni_onnx.bench import floor, quality
 from omni_onnx.bench.cli import main
 from omni_onnx.bench.compute import graph_macs
 from omni_onnx.bench.fidelity import first_difference
@@ -118,7 +118,7 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
     m = r["machine"]
     assert m["cpu"] and isinstance(m["cpu_flags"], list) and m["threads"] == 2
     assert m["versions"]["onnxruntime"] and m["versions"]["numpy"]
-    assert r["quick"] is True and r["suites"] == ["latency", "memory", "quality"] and len(r["bundles"]) == 2
+    assert r["quick"] is True and r["suites"] == ["latency", "floor", "memory", "quality"] and len(r["bundles"]) == 2
     for b in r["bundles"]:
         ident = b["bundle"]
         assert len(ident["manifest_sha256"]) == 64 and ident["source"]["checkpoint"] == "sft_omni_768.pth"
@@ -136,6 +136,11 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
             assert st["delay_steps"] == 8 and st["total_ms"] == pytest.approx(
                 st["encoder_ms"] + st["prefill_ms"] + st["delay_steps_ms"] + st["mimi_frame_ms"], rel=1e-9)
         assert lat["first_audio"]["speech"]["prompt_tokens"] > lat["first_audio"]["text"]["prompt_tokens"]
+        f = b["floor"]
+        assert f["moe"] is False and f["floor_ms"] == pytest.approx(f["weight_mb"] / f["bandwidth_gbs"])
+        assert f["step_over_floor"] == pytest.approx(f["step_ms"] / f["floor_ms"])
+        graphs = [Path(ident["path"]) / g for g in ("thinker.onnx", "talker.onnx")]
+        assert 0 < f["weight_mb"] * 1e6 <= sum(p.stat().st_size for p in graphs)  # lookup tables not counted
         mem = b["memory"]
         assert mem["bundle_mb"] > sum(mem["graph_mb"].values()) > 0
         assert mem["peak_rss_turn_mb"] >= mem["peak_rss_after_load_mb"] > 0
@@ -154,6 +159,15 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
     assert "0.0897" in md and "0.5995" in md and "weights:" in md and "sft_omni_768.pth" in md
     for png in ("step_latency.png", "first_audio.png", "precision.png"):
         assert (tmp_path / png).is_file() == _has_matplotlib()
+
+
+def test_moe_over_dense_pairs_bundles_of_one_precision():
+    run = lambda path, precision, moe, ms: {"bundle": {"path": path, "precision": precision},
+                                            "floor": {"moe": moe, "step_ms": ms}}
+    runs = [run("d8", "int8", False, 4.0), run("m4", "int4", True, 9.0), run("m8", "int8", True, 5.0),
+            {"bundle": {"path": "x", "precision": "int8"}}]
+    assert floor.moe_over_dense(runs) == [{"precision": "int8", "moe": "m8", "dense": "d8", "moe_step_ms": 5.0,
+                                           "dense_step_ms": 4.0, "ratio": 1.25}]
 
 
 def _has_matplotlib() -> bool:
