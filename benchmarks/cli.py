@@ -247,7 +247,7 @@ def markdown(results: dict) -> str:
         if "latency" in r:
             lines += latency_rows(r["latency"])
         if "floor" in r:
-            lines += floor.floor_rows(r["floor"], fmt)
+            lines += floor.floor_rows(r, fmt)
         if "memory" in r:
             mem = r["memory"]
             lines += [f"| bundle on disk, MB | {fmt(mem['bundle_mb'])} |",

@@ -21,9 +21,10 @@ def step_floor(model, n: int, threads: int, context: int = CONTEXT) -> dict:
     bandwidth = read_bandwidth_gbs(threads)
     weight_bytes = streamed_weight_bytes([model.bundle.graph_path("thinker"), model.bundle.graph_path("talker")])
     floor_ms = weight_bytes / (bandwidth * 1e9) * 1e3
+    frame_ms = None if model.mimi is None else model.mimi.dims.frame_samples / model.mimi.dims.sample_rate * 1e3
     return {"context": context, "step_ms": step["median_ms"], "step_p90_ms": step["p90_ms"],
             "weight_mb": weight_bytes / 1e6, "bandwidth_gbs": bandwidth, "floor_ms": floor_ms,
-            "step_over_floor": step["median_ms"] / floor_ms, "moe": bool(model.config.use_moe)}
+            "step_over_floor": step["median_ms"] / floor_ms, "moe": bool(model.config.use_moe), "frame_ms": frame_ms}
 
 
 def moe_over_dense(runs: list[dict]) -> list[dict]:
@@ -40,10 +41,20 @@ def moe_over_dense(runs: list[dict]) -> list[dict]:
     return out
 
 
-def floor_rows(f: dict, fmt) -> list[str]:
-    return [f"| Thinker+Talker step / weight-streaming floor, context {f['context']} | {fmt(f['step_over_floor'])}x "
+def floor_rows(run: dict, fmt) -> list[str]:
+    """The floor row of one bundle's results and, with the latency suite's greedy loop step and Mimi frame beside
+    it, the steady real-time factor: the compute one frame of speech costs over the frame's duration (an answer's
+    own factor also counts the text steps after its audio ends, which random weights make arbitrary)."""
+    f = run["floor"]
+    rows = [f"| Thinker+Talker step / weight-streaming floor, context {f['context']} | {fmt(f['step_over_floor'])}x "
             f"({fmt(f['step_ms'])} ms / {fmt(f['floor_ms'])} ms = {fmt(f['weight_mb'])} MB at "
             f"{fmt(f['bandwidth_gbs'])} GB/s) |"]
+    lat = run.get("latency", {})
+    if f["frame_ms"] and "mimi_frame" in lat:
+        loop, frame = lat["loop_step"]["median_ms"], lat["mimi_frame"]["median_ms"]
+        rows.append(f"| steady real-time factor: (greedy loop step + Mimi frame) / {fmt(f['frame_ms'])} ms of speech | "
+                    f"{fmt((loop + frame) / f['frame_ms'])} ({fmt(loop)} + {fmt(frame)} ms) |")
+    return rows
 
 
 def moe_rows(pairs: list[dict], fmt) -> list[str]:

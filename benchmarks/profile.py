@@ -82,6 +82,68 @@ def profile_step(bundle: Path, context: int, steps: int, threads: int) -> dict:
             "context": context, "steps": steps, "threads": threads, "graphs": out}
 
 
+def _one_row_matmuls(path: Path, k: int, n: int, copies: int, seed: int = 0) -> None:
+    """A graph of `copies` independent [1, k] x [k, n] fp32 MatMuls on one input (a decode step's shape)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array((0.02 * rng.standard_normal((k, n))).astype(np.float32), f"w{i}")
+               for i in range(copies)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(copies)]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, n]) for i in range(copies)],
+                              weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), os.fspath(path))
+
+
+def kernel_rates(threads: int, k: int = 768, n: int = 4864, dram_copies: int = 24, repeats: int = 30) -> dict:
+    """Weight bytes per second of one-row MatMuls in fp32, int8 (the int8 recipe's pass) and int4 (MatMulNBits),
+    with one weight matrix (it stays in the last-level cache between runs) and with `dram_copies` of them (far
+    more than the cache: streamed from DRAM). A kernel whose DRAM rate is its cache rate, and below the read
+    bandwidth, is bound by its arithmetic, not by memory: no graph change brings such a step to its floor."""
+    import time
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from omni_onnx.quant.dynamic_int8 import int8_weights, quiet_quantizer
+    from omni_onnx.quant.int4 import matmul_nbits
+    from omni_onnx.quant.recipes import INT4, INT8
+    from omni_onnx.session import SessionOptions, ort_session_options
+
+    from .compute import streamed_weight_bytes
+    from .machine import read_bandwidth_gbs
+
+    out: dict = {"shape": [1, k, n], "bandwidth_gbs": read_bandwidth_gbs(threads), "rates_gbs": {}}
+    x = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
+    with tempfile.TemporaryDirectory(prefix="omni-kernels-") as tmp:
+        for copies, where in ((1, "cache"), (dram_copies, "dram")):
+            fp32 = Path(tmp) / f"fp32_{copies}.onnx"
+            _one_row_matmuls(fp32, k, n, copies)
+            int8, int4 = Path(tmp) / f"int8_{copies}.onnx", Path(tmp) / f"int4_{copies}.onnx"
+            r4 = INT4.for_graph("thinker")
+            with quiet_quantizer():
+                int8_weights(fp32, int8, INT8.for_graph("thinker"))
+                matmul_nbits(fp32, int4, r4.block_size, r4.accuracy_level)
+            for precision, path in (("fp32", fp32), ("int8", int8), ("int4", int4)):
+                sess = ort.InferenceSession(os.fspath(path), ort_session_options(SessionOptions(threads=threads)),
+                                            providers=["CPUExecutionProvider"])
+                ops = sorted({nd.op_type for nd in onnx.load(os.fspath(path)).graph.node})
+                for _ in range(3):
+                    sess.run(None, x)
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    sess.run(None, x)
+                    times.append(time.perf_counter() - t0)
+                seconds = sorted(times)[len(times) // 2]
+                out["rates_gbs"].setdefault(precision, {"ops": ops})[where] = \
+                    streamed_weight_bytes([path]) / seconds / 1e9
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = [f"{res['bundle']} ({res['precision']}), decode step at context {res['context']}, "
              f"{res['steps']} steps, {res['threads']} threads (profiler on)", ""]
@@ -90,6 +152,14 @@ def markdown(res: dict) -> str:
                   f"{g['outside_kernels_ms']:.3f} ms outside them", "", "| op type | ms / step | nodes | share |",
                   "|---|---|---|---|"]
         lines += [f"| {op} | {v['ms']:.3f} | {v['nodes']} | {v['ms'] / g['run_ms']:.1%} |" for op, v in g["ops"].items()]
+        lines.append("")
+    if "kernels" in res:
+        kr = res["kernels"]
+        lines += [f"one-row MatMul {kr['shape']}: weight bytes read per second, GB/s (DRAM read bandwidth "
+                  f"{kr['bandwidth_gbs']:.1f} GB/s)", "", "| precision | ops | weights in cache | from DRAM |",
+                  "|---|---|---|---|"]
+        lines += [f"| {p} | {', '.join(r['ops'])} | {r['cache']:.1f} | {r['dram']:.1f} |"
+                  for p, r in kr["rates_gbs"].items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -101,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=64, help="cached positions before the step (default: %(default)s)")
     p.add_argument("--steps", type=int, default=50, help="profiled steps (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kernels", action="store_true", help="also the one-row MatMul kernels' weight read rates "
+                   "(fp32 / int8 / int4, weights in cache and from DRAM) against the read bandwidth")
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
     a = p.parse_args(argv)
     if a.context < 1 or a.steps < 1:
@@ -114,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"profile: error: {e}", file=sys.stderr)
         return 1
+    if a.kernels:
+        res["kernels"] = kernel_rates(a.threads)
     print(markdown(res))
     if a.out is not None:
         from omni_onnx.atomic_file import write_bytes_atomic

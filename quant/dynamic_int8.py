@@ -57,6 +57,13 @@ def quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
+def int8_weights(src: Path, dst: Path, recipe: GraphRecipe) -> None:
+    """onnxruntime's dynamic int8 pass on the recipe's operators (7-bit weights: see recipes.py)."""
+    quantize_dynamic(src, dst, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
+                     weight_type=QuantType.QInt8, reduce_range=True,
+                     extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
+
+
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
                    opts: SessionOptions) -> Path:
     """Write `src` quantized by `recipe` to `dst`, keeping `spec` (the graph's contract)."""
@@ -69,9 +76,7 @@ def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
             if recipe.method == FP16_WEIGHTS:
                 shutil.copyfile(src, q)
             else:
-                quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                                 weight_type=QuantType.QInt8, reduce_range=True,
-                                 extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
+                int8_weights(src, q, recipe)
         if recipe.optimize_offline:
             o = Path(tmp) / "optimized.onnx"
             optimize_offline(q, o, opts)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omni_onnx.bench import floor, quality
+from omni_onnx.bench import floor, profile, quality
 from omni_onnx.bench.cli import main
 from omni_onnx.bench.compute import graph_macs
 from omni_onnx.bench.fidelity import first_difference
@@ -137,7 +137,7 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
                 st["encoder_ms"] + st["prefill_ms"] + st["delay_steps_ms"] + st["mimi_frame_ms"], rel=1e-9)
         assert lat["first_audio"]["speech"]["prompt_tokens"] > lat["first_audio"]["text"]["prompt_tokens"]
         f = b["floor"]
-        assert f["moe"] is False and f["floor_ms"] == pytest.approx(f["weight_mb"] / f["bandwidth_gbs"])
+        assert f["moe"] is False and f["frame_ms"] == 80 and f["floor_ms"] == pytest.approx(f["weight_mb"] / f["bandwidth_gbs"])
         assert f["step_over_floor"] == pytest.approx(f["step_ms"] / f["floor_ms"])
         graphs = [Path(ident["path"]) / g for g in ("thinker.onnx", "talker.onnx")]
         assert 0 < f["weight_mb"] * 1e6 <= sum(p.stat().st_size for p in graphs)  # lookup tables not counted
@@ -157,8 +157,23 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
         assert x > 0 or where.endswith(("scored", ".cer", "cer_mean", "cer_corpus", "encoder_ms")), where
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "0.0897" in md and "0.5995" in md and "weights:" in md and "sft_omni_768.pth" in md
+    assert md.count("steady real-time factor") == 2 and md.count("weight-streaming floor, context 64") == 2
     for png in ("step_latency.png", "first_audio.png", "precision.png"):
         assert (tmp_path / png).is_file() == _has_matplotlib()
+
+
+def test_profile_sums_the_last_runs_per_op_type():
+    """Two runs of a two-node graph; only the last one counts (the first is the prefill)."""
+    run = lambda ts, dur: {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+    node = lambda name, op, ts, dur: {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
+                                      "args": {"op_name": op}}
+    events = [run(0, 900), node("a", "MatMul", 10, 800), node("b", "Add", 820, 50),
+              run(1000, 400), node("a", "MatMul", 1010, 300), node("a", "MatMul_fence_before", 1005, 1),
+              node("b", "Add", 1320, 40)]
+    events[5]["name"] = "a_fence_before"
+    got = profile.per_op_type(events, runs=1)
+    assert got == {"run_ms": 0.4, "kernel_ms": 0.34, "outside_kernels_ms": 0.06, "nodes": 2,
+                   "ops": {"MatMul": {"ms": 0.3, "nodes": 1}, "Add": {"ms": 0.04, "nodes": 1}}}
 
 
 def test_moe_over_dense_pairs_bundles_of_one_precision():
