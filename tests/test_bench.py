@@ -163,17 +163,19 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
 
 
 def test_profile_sums_the_last_runs_per_op_type():
-    """Two runs of a two-node graph; only the last one counts (the first is the prefill)."""
+    """Two runs; only the last one counts (the first is the prefill); an If's time holds its branch's Mul, so the
+    kernel sum leaves it out."""
     run = lambda ts, dur: {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
     node = lambda name, op, ts, dur: {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
                                       "args": {"op_name": op}}
     events = [run(0, 900), node("a", "MatMul", 10, 800), node("b", "Add", 820, 50),
               run(1000, 400), node("a", "MatMul", 1010, 300), node("a", "MatMul_fence_before", 1005, 1),
-              node("b", "Add", 1320, 40)]
+              node("b", "Add", 1320, 40), node("c", "If", 1360, 30), node("d", "Mul", 1365, 20)]
     events[5]["name"] = "a_fence_before"
     got = profile.per_op_type(events, runs=1)
-    assert got == {"run_ms": 0.4, "kernel_ms": 0.34, "outside_kernels_ms": 0.06, "nodes": 2,
-                   "ops": {"MatMul": {"ms": 0.3, "nodes": 1}, "Add": {"ms": 0.04, "nodes": 1}}}
+    assert got == {"run_ms": 0.4, "kernel_ms": 0.36, "outside_kernels_ms": 0.04, "nodes": 3,
+                   "ops": {"MatMul": {"ms": 0.3, "nodes": 1}, "Add": {"ms": 0.04, "nodes": 1},
+                           "If": {"ms": 0.03, "nodes": 1}, "Mul": {"ms": 0.02, "nodes": 1}}}
 
 
 def test_moe_over_dense_pairs_bundles_of_one_precision():
