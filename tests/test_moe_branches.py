@@ -1,6 +1,7 @@
 """MoE graphs run only the experts the router chose (export/moe_branches.py): each expert is an If branch, a decode
 step computes what the torch module computes even when every other expert's weights are NaN (the traced one-hot
-form multiplies them by 0 and gives NaN), and the int8 recipe quantizes the branches' MatMuls."""
+form multiplies them by 0 and gives NaN), a MoE bundle's greedy run is the torch reference loop's exactly, and the
+int8 recipe quantizes the branches' MatMuls."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from onnx import numpy_helper
 from omni_onnx.config import TINY
 from omni_onnx.contracts import talker_spec, thinker_spec
 from omni_onnx.export import talker, thinker
+from omni_onnx.dump import CodeDump
+from omni_onnx.export.checkpoint import load_model
+from omni_onnx.export.cli import Sources, export_bundle
 from omni_onnx.export.common import run_onnx, to_numpy
+from omni_onnx.export.random_checkpoint import write_random_pth
+from omni_onnx.export.reference import chat_prompt_ids, reference_generate
+from omni_onnx.generate import GenerationOptions
+from omni_onnx.model import Conversation, OmniModel
 from omni_onnx.export.modeling import OmniTorchModel
 from omni_onnx.export.random_checkpoint import random_state_dict
 from omni_onnx.quant.dynamic_int8 import quantize_graph
@@ -103,3 +111,16 @@ def test_int8_recipe_quantizes_the_branches(moe, tmp_path):
     got = run_onnx(dst, feeds)["logits"]
     cosine = float(np.sum(got * ref.numpy()) / np.linalg.norm(got) / np.linalg.norm(ref.numpy()))
     assert cosine > 0.99
+
+
+def test_moe_bundle_greedy_equals_torch_reference(tmp_path):
+    ckpt = write_random_pth(tmp_path / "sft_omni_768_moe.pth", CFG, seed=3)
+    bundle = export_bundle(Sources(ckpt), tmp_path / "bundle")
+    question = "Why is the sky blue?"
+    dump = CodeDump([])
+    list(Conversation(OmniModel.load(bundle)).respond(question, GenerationOptions(max_new_tokens=40, greedy=True),
+                                                      decode_audio=False, record=dump))
+    ref = reference_generate(load_model(ckpt), chat_prompt_ids([{"role": "user", "content": question}]), 40,
+                             greedy=True)
+    assert dump.prompt_ids == ref.prompt_ids and len(ref.text_ids) > 0
+    assert dump.text_ids == ref.text_ids and dump.audio_codes == ref.audio_codes and dump.frames == ref.frames
