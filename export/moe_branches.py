@@ -74,8 +74,8 @@ def branch_experts(model: onnx.ModelProto) -> int:
         then_out, else_out = f"{tag}/then_output", f"{tag}/else_output"
         for n in nodes:
             n.output[:] = [then_out if o == out else o for o in n.output]
-        then_g = helper.make_graph(nodes, f"{tag}/then", [], [helper.make_tensor_value_info(then_out, TensorProto.FLOAT, None)],
-                                   branch_inits)
+        then_g = helper.make_graph(nodes, f"{tag}/then", [],
+                                   [helper.make_tensor_value_info(then_out, TensorProto.FLOAT, None)], branch_inits)
         # zeros shaped like the expert's input (its output's shape): onnxruntime plans the If's output buffer
         # from one shape, so a broadcastable scalar zero is refused
         zeros = [helper.make_node("Shape", x, [f"{tag}/input_shape"], name=f"{tag}/input_shape"),

@@ -16,17 +16,16 @@ from onnx import numpy_helper
 
 from omni_onnx.config import TINY
 from omni_onnx.contracts import talker_spec, thinker_spec
-from omni_onnx.export import talker, thinker
 from omni_onnx.dump import CodeDump
+from omni_onnx.export import talker, thinker
 from omni_onnx.export.checkpoint import load_model
 from omni_onnx.export.cli import Sources, export_bundle
 from omni_onnx.export.common import run_onnx, to_numpy
-from omni_onnx.export.random_checkpoint import write_random_pth
+from omni_onnx.export.modeling import OmniTorchModel
+from omni_onnx.export.random_checkpoint import random_state_dict, write_random_pth
 from omni_onnx.export.reference import chat_prompt_ids, reference_generate
 from omni_onnx.generate import GenerationOptions
 from omni_onnx.model import Conversation, OmniModel
-from omni_onnx.export.modeling import OmniTorchModel
-from omni_onnx.export.random_checkpoint import random_state_dict
 from omni_onnx.quant.dynamic_int8 import quantize_graph
 from omni_onnx.quant.recipes import INT8
 from omni_onnx.session import SessionOptions
