@@ -8,7 +8,9 @@ results.json, results.md and (with matplotlib, the `bench` extra) PNG plots.
 
 The fidelity suite runs our export-time torch modules (eager, the same weights) beside each bundle: it needs the
 export extra and the sources the bundle was exported from (--checkpoint, and --mimi/--sensevoice/--siglip for those
-graphs). It is in the default suites when --checkpoint is given. The live suite runs in real time (minutes per bundle)
+graphs). It is in the default suites when --checkpoint is given. The floor suite (each bundle's step against its
+weight-streaming floor; a MoE bundle's step against a dense one's of the same precision) needs torch and onnx, and is
+in the default suites when they are installed. The live suite runs in real time (minutes per bundle)
 on a sound server it starts itself (needs `pulseaudio`), so it runs only when named.
 """
 
@@ -24,13 +26,14 @@ from pathlib import Path
 
 from omni_onnx import __version__
 from omni_onnx.errors import OmniError
-from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, require
+from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, installed, require
 
-from . import live, plots, quality
+from . import floor, live, plots, quality
 from .live_server import require_tools
 from .machine import describe
 
-SUITES = ("latency", "memory", "fidelity", "quality", "live")
+FLOOR_MODULES = ("torch", "onnx")  # the floor suite's bandwidth probe and weight count
+SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, pr
     model = OmniModel.load(root, SessionOptions(threads=threads))
     if "latency" in suites:
         out["latency"] = latency.bench_bundle(model, plan.contexts, plan.steps, plan.max_new_tokens, progress)
+    if "floor" in suites:
+        out["floor"] = floor.step_floor(model, plan.steps, threads)
+        progress()
     if "memory" in suites:
         out["memory"] = memory.measure(root, plan.max_new_tokens, threads)
         progress()
@@ -240,6 +246,8 @@ def markdown(results: dict) -> str:
                   "| what | value |", "|---|---|"]
         if "latency" in r:
             lines += latency_rows(r["latency"])
+        if "floor" in r:
+            lines += floor.floor_rows(r, fmt)
         if "memory" in r:
             mem = r["memory"]
             lines += [f"| bundle on disk, MB | {fmt(mem['bundle_mb'])} |",
@@ -254,6 +262,7 @@ def markdown(results: dict) -> str:
         if "live" in r:
             lines += live_rows(r["live"])
         lines.append("")
+    lines += floor.moe_rows(results.get("moe_over_dense", []), fmt)
     lines.append("Random weights give meaningless quality figures; the `weights` line says what each bundle holds.")
     return "\n".join(lines) + "\n"
 
@@ -332,11 +341,14 @@ def write_results(results: dict, out: Path) -> str:
 def run(a: argparse.Namespace) -> str:
     from omni_onnx.bundle import default_bundle_dir
 
-    default = [s for s in SUITES if s != "live" and (s != "fidelity" or a.checkpoint is not None)]
+    default = [s for s in SUITES if s != "live" and (s != "fidelity" or a.checkpoint is not None)
+               and (s != "floor" or all(installed(m) for m in FLOOR_MODULES))]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
     if unknown or not suites:
         raise OmniError(f"unknown suite(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SUITES)}")
+    if "floor" in suites:
+        require("omni-bench --suite floor", FLOOR_MODULES, f"{EXPORT_INSTALL}, or leave floor out of --suite")
     if "quality" in suites:
         require("omni-bench --suite quality", ("jiwer",), f"{BENCH_INSTALL}, or leave quality out of --suite")
     bundles = a.bundle or [default_bundle_dir()]
@@ -360,7 +372,7 @@ def run(a: argparse.Namespace) -> str:
         graphs = json.loads((b / "manifest.json").read_text(encoding="utf-8"))["graphs"]
         answers = ({"sensevoice", "mimi_decoder"} <= set(graphs)) + ("campplus" in graphs)  # per question
         total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
-            ("memory" in suites) + questions * answers * ("quality" in suites) + \
+            ("memory" in suites) + ("floor" in suites) + questions * answers * ("quality" in suites) + \
             len(scenarios) * ("live" in suites)
     progress = Progress(total)
     try:
@@ -368,7 +380,8 @@ def run(a: argparse.Namespace) -> str:
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
-               "plan": asdict(plan), "seconds": time.perf_counter() - t0, "bundles": runs}
+               "plan": asdict(plan), "seconds": time.perf_counter() - t0, "bundles": runs,
+               "moe_over_dense": floor.moe_over_dense(runs)}
     return write_results(results, a.out)
 
 

@@ -99,9 +99,17 @@ def streamed_weight_bytes(paths: list[Path]) -> int:
     """Bytes of weights one call of these graphs reads whole: every initializer some node other than a Gather
     consumes (a Gather reads only the rows it looks up). Counted from the files, so an int8 or int4 graph's floor is
     its own: quantized weights and their scales, at the size they are stored."""
-    total = 0
-    for path in paths:
-        graph = onnx.load(os.fspath(path)).graph
-        streamed = {name for node in graph.node if node.op_type != "Gather" for name in node.input}
-        total += sum(numpy_helper.to_array(t).nbytes for t in graph.initializer if t.name in streamed)
-    return total
+    return sum(_streamed_bytes(onnx.load(os.fspath(path)).graph) for path in paths)
+
+
+def _streamed_bytes(graph: onnx.GraphProto) -> int:
+    """A graph's streamed initializers; a MoE layer's experts (If branches, export/moe_branches.py) count as one of
+    them, their mean: a decode position runs one expert per layer."""
+    streamed = {name for node in graph.node if node.op_type != "Gather" for name in node.input}
+    total = sum(numpy_helper.to_array(t).nbytes for t in graph.initializer if t.name in streamed)
+    experts: dict[str, list[int]] = {}
+    for node in graph.node:
+        if node.op_type == "If":
+            then = next(a.g for a in node.attribute if a.name == "then_branch")
+            experts.setdefault(node.name.split("/experts.")[0], []).append(_streamed_bytes(then))
+    return total + sum(sum(b) // len(b) for b in experts.values())

@@ -66,6 +66,7 @@ def export_graph(module: torch.nn.Module, example_inputs: Mapping[str, torch.Ten
 
     TorchScript exporter (dynamo=False, see dependency-findings), opset 17, weights inside the file. With
     `simplify`, onnxsim's result replaces the export only if it reproduces the export's outputs on the example.
+    MoE experts are then moved into If branches (moe_branches.py).
     """
     names = [t.name for t in spec.inputs]
     if set(example_inputs) != set(names):
@@ -86,8 +87,18 @@ def export_graph(module: torch.nn.Module, example_inputs: Mapping[str, torch.Ten
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
     if simplify:
         _simplify_in_place(path, to_numpy(example_inputs))
+    _branch_experts_in_place(path)
     _stamp_shapes(path, spec)
     return path
+
+
+def _branch_experts_in_place(path: Path) -> None:
+    """MoE graphs: each expert in an If, so a decode step runs only the chosen one (moe_branches.py)."""
+    from .moe_branches import branch_experts
+
+    model = onnx.load(os.fspath(path))
+    if branch_experts(model):
+        onnx.save(model, os.fspath(path))
 
 
 def _stamp_shapes(path: Path, spec: GraphSpec) -> None:

@@ -18,7 +18,7 @@ class MissingExtra(OmniError):
     """A package of an optional extra is not installed (exit code 2, as for a usage error)."""
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except ImportError:  # a finder that refuses the module (how tests hide a package)
@@ -28,5 +28,5 @@ def _installed(module: str) -> bool:
 def require(command: str, modules: tuple[str, ...], install: str) -> None:
     """Raise MissingExtra naming the first missing module and the install command; imports nothing."""
     for module in modules:
-        if not _installed(module):
+        if not installed(module):
             raise MissingExtra(f"{command} needs the {module} package, which is not installed: {install}")

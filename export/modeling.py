@@ -4,9 +4,9 @@
 strictly. The forward passes reproduce upstream's fp32 numerics (max abs error ~3e-6 against upstream's
 `MiniMindOmni` at full size) and are written to trace into lean ONNX: no Python branch depends on tensor values or on
 the past length, attention never copies the KV cache (see `Attention`), projections that share an input export as
-one MatMul (`shared_input_linears`), and MoE runs every expert and keeps the top-1
-one with a one-hot (exact: upstream's top-1 weight p/(p+1e-20) is 1.0 in fp32; it costs 4x the FFN work, a known
-follow-up).
+one MatMul (`shared_input_linears`), and MoE traces every expert and keeps the top-1
+one with a one-hot (exact: upstream's top-1 weight p/(p+1e-20) is 1.0 in fp32); the export then moves each expert
+into an If branch, so a graph runs only the experts its positions chose (moe_branches.py).
 
 Shapes: batch 1; `seq` new positions after `past_seq` cached ones; KV caches are upstream's
 `[1, positions, kv_heads, head_dim]`, K stored after k_norm and RoPE.
@@ -178,7 +178,8 @@ class SwiGLU(nn.Module):
 
 
 class TopOneMoE(nn.Module):
-    """Upstream's top-1 MoE. All experts run; a one-hot of the argmax keeps one (exact, see module docstring)."""
+    """Upstream's top-1 MoE. All experts run here; a one-hot of the argmax keeps one (exact, see module docstring).
+    Exported graphs run only the chosen experts (moe_branches.py rewrites this traced form)."""
 
     def __init__(self, d: BlockDims):
         super().__init__()

@@ -1,7 +1,8 @@
 """The quantization pass for one graph: for an int4 recipe first 4-bit MatMulNBits weights (int4.py), then dynamic
-(per-run activation scales) int8 weights on the recipe's remaining operators, onnxruntime's portable graph
-optimizations saved into the file so loading does not redo them, int8 lookup tables (gather_int8.py) and fp16
-storage of the remaining large fp32 weights (fp16_storage.py).
+(per-run activation scales) int8 weights on the recipe's remaining operators (inside If branches too: a MoE graph's
+experts, export/moe_branches.py), onnxruntime's portable graph optimizations saved into the file so loading does
+not redo them, int8 lookup tables (gather_int8.py) and fp16 storage of the remaining large fp32 weights
+(fp16_storage.py).
 
 Graph inputs and outputs are untouched by every step; the result is checked against the graph's contract before
 it is accepted, and the offline optimization is dropped (with a warning) if it would change the contract.
@@ -56,6 +57,13 @@ def quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
+def int8_weights(src: Path, dst: Path, recipe: GraphRecipe) -> None:
+    """onnxruntime's dynamic int8 pass on the recipe's operators (7-bit weights: see recipes.py)."""
+    quantize_dynamic(src, dst, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
+                     weight_type=QuantType.QInt8, reduce_range=True,
+                     extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
+
+
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
                    opts: SessionOptions) -> Path:
     """Write `src` quantized by `recipe` to `dst`, keeping `spec` (the graph's contract)."""
@@ -68,9 +76,7 @@ def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
             if recipe.method == FP16_WEIGHTS:
                 shutil.copyfile(src, q)
             else:
-                quantize_dynamic(src, q, op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                                 weight_type=QuantType.QInt8, reduce_range=True,
-                                 extra_options={"MatMulConstBOnly": True})
+                int8_weights(src, q, recipe)
         if recipe.optimize_offline:
             o = Path(tmp) / "optimized.onnx"
             optimize_offline(q, o, opts)

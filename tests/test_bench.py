@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omni_onnx.bench import quality
+from omni_onnx.bench import floor, profile, quality
 from omni_onnx.bench.cli import main
 from omni_onnx.bench.compute import graph_macs
 from omni_onnx.bench.fidelity import first_difference
@@ -118,7 +118,7 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
     m = r["machine"]
     assert m["cpu"] and isinstance(m["cpu_flags"], list) and m["threads"] == 2
     assert m["versions"]["onnxruntime"] and m["versions"]["numpy"]
-    assert r["quick"] is True and r["suites"] == ["latency", "memory", "quality"] and len(r["bundles"]) == 2
+    assert r["quick"] is True and r["suites"] == ["latency", "floor", "memory", "quality"] and len(r["bundles"]) == 2
     for b in r["bundles"]:
         ident = b["bundle"]
         assert len(ident["manifest_sha256"]) == 64 and ident["source"]["checkpoint"] == "sft_omni_768.pth"
@@ -136,6 +136,12 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
             assert st["delay_steps"] == 8 and st["total_ms"] == pytest.approx(
                 st["encoder_ms"] + st["prefill_ms"] + st["delay_steps_ms"] + st["mimi_frame_ms"], rel=1e-9)
         assert lat["first_audio"]["speech"]["prompt_tokens"] > lat["first_audio"]["text"]["prompt_tokens"]
+        f = b["floor"]
+        assert f["moe"] is False and f["frame_ms"] == 80
+        assert f["floor_ms"] == pytest.approx(f["weight_mb"] / f["bandwidth_gbs"])
+        assert f["step_over_floor"] == pytest.approx(f["step_ms"] / f["floor_ms"])
+        graphs = [Path(ident["path"]) / g for g in ("thinker.onnx", "talker.onnx")]
+        assert 0 < f["weight_mb"] * 1e6 <= sum(p.stat().st_size for p in graphs)  # lookup tables not counted
         mem = b["memory"]
         assert mem["bundle_mb"] > sum(mem["graph_mb"].values()) > 0
         assert mem["peak_rss_turn_mb"] >= mem["peak_rss_after_load_mb"] > 0
@@ -152,8 +158,34 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
         assert x > 0 or where.endswith(("scored", ".cer", "cer_mean", "cer_corpus", "encoder_ms")), where
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "0.0897" in md and "0.5995" in md and "weights:" in md and "sft_omni_768.pth" in md
+    assert md.count("steady real-time factor") == 2 and md.count("weight-streaming floor, context 64") == 2
     for png in ("step_latency.png", "first_audio.png", "precision.png"):
         assert (tmp_path / png).is_file() == _has_matplotlib()
+
+
+def test_profile_sums_the_last_runs_per_op_type():
+    """Two runs; only the last one counts (the first is the prefill); an If's time holds its branch's Mul, so the
+    kernel sum leaves it out."""
+    run = lambda ts, dur: {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+    node = lambda name, op, ts, dur: {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
+                                      "args": {"op_name": op}}
+    events = [run(0, 900), node("a", "MatMul", 10, 800), node("b", "Add", 820, 50),
+              run(1000, 400), node("a", "MatMul", 1010, 300), node("a", "MatMul_fence_before", 1005, 1),
+              node("b", "Add", 1320, 40), node("c", "If", 1360, 30), node("d", "Mul", 1365, 20)]
+    events[5]["name"] = "a_fence_before"
+    got = profile.per_op_type(events, runs=1)
+    assert got == {"run_ms": 0.4, "kernel_ms": 0.36, "outside_kernels_ms": 0.04, "nodes": 3,
+                   "ops": {"MatMul": {"ms": 0.3, "nodes": 1}, "Add": {"ms": 0.04, "nodes": 1},
+                           "If": {"ms": 0.03, "nodes": 1}, "Mul": {"ms": 0.02, "nodes": 1}}}
+
+
+def test_moe_over_dense_pairs_bundles_of_one_precision():
+    run = lambda path, precision, moe, ms: {"bundle": {"path": path, "precision": precision},
+                                            "floor": {"moe": moe, "step_ms": ms}}
+    runs = [run("d8", "int8", False, 4.0), run("m4", "int4", True, 9.0), run("m8", "int8", True, 5.0),
+            {"bundle": {"path": "x", "precision": "int8"}}]
+    assert floor.moe_over_dense(runs) == [{"precision": "int8", "moe": "m8", "dense": "d8", "moe_step_ms": 5.0,
+                                           "dense_step_ms": 4.0, "ratio": 1.25}]
 
 
 def _has_matplotlib() -> bool:
