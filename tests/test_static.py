@@ -190,3 +190,32 @@ def test_ort_format_loads_and_runs_like_onnx(static_bundle, tmp_path):
             np.testing.assert_allclose(got[k][cut], want[k][cut], rtol=0, atol=1e-5, err_msg=f"{name}.{k}")
     dumps = [_reply(OmniModel.load(b), ["Hi"])[0] for b in (static_bundle, copy)]
     assert dumps[0].text_ids == dumps[1].text_ids and dumps[0].audio_codes == dumps[1].audio_codes
+
+
+def _external_refs(path: Path) -> set[tuple[str, str, str]]:
+    """(location, offset, length) of every initializer a graph keeps in an external file."""
+    graph = onnx.load(path, load_external_data=False).graph
+    refs = ({e.key: e.value for e in t.external_data} for t in graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL)
+    return {(r["location"], r["offset"], r["length"]) for r in refs}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_decode_and_prefill_graphs_store_their_weights_once(static_bundle, tmp_path, precision):
+    """Each model's decode and prefill graph refer to the same bytes of one weights file, which holds each weight
+    once (fp32 as exported; int8 after omni-quant rewrote the graphs), and the bundle still answers."""
+    from omni_onnx.export.shared_weights import WEIGHTS_FILE
+    from omni_onnx.quant.cli import main as quant_main
+    root = static_bundle
+    if precision == "int8":
+        root = tmp_path / "int8"
+        assert quant_main([str(static_bundle), "--to", "int8", "--out", str(root)]) == 0
+    refs = {name: _external_refs(root / f"{name}.onnx") for name in
+            ("thinker", "thinker_prefill", "talker", "talker_prefill")}
+    assert refs["thinker"] and refs["thinker"] == refs["thinker_prefill"]
+    assert refs["talker"] and refs["talker"] == refs["talker_prefill"]
+    assert {loc for r in refs.values() for loc, _, _ in r} == {WEIGHTS_FILE}
+    stored = sum(int(length) for _, _, length in refs["thinker"] | refs["talker"])
+    assert stored <= (root / WEIGHTS_FILE).stat().st_size < stored + 64 * len(refs["thinker"] | refs["talker"])
+    assert json.loads((root / "manifest.json").read_text())["files"][WEIGHTS_FILE]  # its checksum is verified
+    assert _reply(OmniModel.load(root), ["Hi"])[0].text_ids
