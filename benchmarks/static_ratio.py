@@ -26,14 +26,16 @@ def _median_ms(times: list[float]) -> float:
 def side_by_side(static_model, dynamic_model, contexts: tuple[int, ...] = CONTEXTS, steps: int = 40,
                  prefills: int = 6) -> dict:
     """{"decode"|"prefill": {context: {"static_ms", "dynamic_ms", "ratio"}}}: medians of `steps` decode steps after
-    `context` positions and of `prefills` prefills of `context` positions, interleaved between the bundles."""
+    `context` positions and of `prefills` prefills of `context` positions, interleaved between the bundles
+    (contexts the static bundle cannot hold are left out)."""
     from omni_onnx.model import Conversation
 
     rng = np.random.default_rng(0)
     cfg = dynamic_model.config
+    vocab = min(cfg.vocab_size, static_model.config.vocab_size)
     out: dict = {"decode": {}, "prefill": {}}
-    for past in contexts:
-        ids = rng.integers(100, cfg.vocab_size, past + 1).astype(np.int64)
+    for past in (c for c in contexts if c + 1 <= static_model.static.context):
+        ids = rng.integers(100, vocab, past + 1).astype(np.int64)
         codes = rng.integers(0, 2048, (cfg.num_codebooks, past + 1)).astype(np.int64)
         convs = {kind: Conversation(m, context=max(past + 8, 16))
                  for kind, m in (("static", static_model), ("dynamic", dynamic_model))}
@@ -59,6 +61,29 @@ def side_by_side(static_model, dynamic_model, contexts: tuple[int, ...] = CONTEX
     return out
 
 
+def static_and_dynamic(bundles: list[Path]) -> tuple[Path, Path]:
+    """The first static and the first dynamic bundle of `bundles` (omni-bench --suite static)."""
+    from omni_onnx.errors import OmniError
+
+    kinds: dict[bool, Path] = {}
+    for b in bundles:
+        kinds.setdefault(json.loads((b / "manifest.json").read_text(encoding="utf-8")).get("static") is not None, b)
+    if len(kinds) < 2:
+        raise OmniError("--suite static compares a static bundle with a dynamic one: pass one of each with --bundle "
+                        "(same weights and precision)")
+    return kinds[True], kinds[False]
+
+
+def measure(static: Path, dynamic: Path, threads: int, steps: int) -> dict:
+    """Both bundles loaded in this process, then `side_by_side`."""
+    from omni_onnx.model import OmniModel
+    from omni_onnx.session import SessionOptions
+
+    opts = SessionOptions(threads=threads)
+    return {"static": str(static), "dynamic": str(dynamic),
+            **side_by_side(OmniModel.load(static, opts), OmniModel.load(dynamic, opts), steps=steps)}
+
+
 def markdown_rows(r: dict) -> list[str]:
     rows = ["| static / dynamic (same process, interleaved) | static ms | dynamic ms | ratio |", "|---|---|---|---|"]
     for name, what in (("decode", "Thinker+Talker decode step, context"), ("prefill", "prefill of, positions:")):
@@ -75,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40, help="decode steps per context (default: %(default)s)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     a = p.parse_args(argv)
-    from omni_onnx.model import OmniModel
-    from omni_onnx.session import SessionOptions
-
-    opts = SessionOptions(threads=a.threads)
-    r = side_by_side(OmniModel.load(a.static, opts), OmniModel.load(a.dynamic, opts), steps=a.steps)
+    r = measure(a.static, a.dynamic, a.threads, a.steps)
     print("\n".join(markdown_rows(r)))
     if a.out is not None:
         a.out.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
