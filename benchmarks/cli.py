@@ -369,8 +369,10 @@ def run(a: argparse.Namespace) -> str:
     progress = Progress(total + (pair is not None))
     try:
         runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan) for b in bundles]
-        side = None if pair is None else static_ratio.measure(*pair, a.threads, plan.steps)
-        progress()
+        side = None
+        if pair is not None:
+            side = static_ratio.measure(*pair, a.threads, plan.steps)
+            progress()
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
