@@ -67,7 +67,7 @@ function writeAtomic(path, bytes) {
 async function main(argv) {
   const args = options(argv);
   const bundle = await Bundle.open(async (p) => readFileSync(join(args.bundle, p)),
-    (bytes) => ort.InferenceSession.create(bytes, sessionOptions()));
+    (file) => ort.InferenceSession.create(join(args.bundle, file), sessionOptions()));
   const cfg = bundle.config;
   const voice = args.voice ? await bundle.voice(args.voice) : null;
   const promptIds = bundle.tokenizer.encode(chatPrompt(args.text.trim(), voice ? VOICE_SYSTEM_PROMPT : null));

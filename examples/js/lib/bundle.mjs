@@ -17,7 +17,8 @@ export function roundToHalf(x) {
 }
 
 export class Bundle {
-  /** `readBytes(path)` -> Uint8Array (async); `createSession(bytes)` -> an onnxruntime InferenceSession. */
+  /** `readBytes(path)` -> Uint8Array (async); `createSession(file)` -> an onnxruntime InferenceSession for the bundle's
+   * file `file` (opened by path: a static bundle's graphs read their weights from static_weights.bin beside them). */
   static async open(readBytes, createSession) {
     const b = new Bundle();
     const text = async (p) => new TextDecoder().decode(await readBytes(p));
@@ -30,7 +31,7 @@ export class Bundle {
     b.sessions = {};
     const wanted = ['thinker', 'talker', 'thinker_prefill', 'talker_prefill', 'mimi_decoder'];
     for (const name of wanted.filter((g) => g in b.manifest.graphs)) {
-      b.sessions[name] = await createSession(await readBytes(b.manifest.graphs[name].file));
+      b.sessions[name] = await createSession(b.manifest.graphs[name].file);
     }
     return b;
   }
