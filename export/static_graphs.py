@@ -185,7 +185,8 @@ def example_inputs(model: OmniTorchModel, spec: GraphSpec, position: int, length
 
 def verify(model: OmniTorchModel, path: Path, spec: GraphSpec) -> dict[str, dict[str, float]]:
     """Parity against the dynamic graph's torch reference run on the real part only (cache[:position],
-    chunk[:length]) over several (position, length), and the buffers' filled slots (< position) unchanged; raises one ParityError listing every failing case."""
+    chunk[:length]) over several (position, length), and the buffers' filled slots (< position) unchanged; raises
+    one ParityError listing every failing case."""
     kind, (chunk, context) = _kind(spec), _sizes(spec)
     dynamic = _GRAPHS[kind].dynamic_spec(model.cfg)
     # a chunk's rows (padding included) must fit the buffer: the runtime sends a tail chunk that would not through
