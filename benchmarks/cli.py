@@ -28,12 +28,12 @@ from omni_onnx import __version__
 from omni_onnx.errors import OmniError
 from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, installed, require
 
-from . import floor, live, plots, quality
+from . import floor, live, plots, quality, static_ratio
 from .live_server import require_tools
 from .machine import describe
 
 FLOOR_MODULES = ("torch", "onnx")  # the floor suite's bandwidth probe and weight count
-SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live")
+SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live", "static")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, pr
     out: dict = {"bundle": bundle_identity(root)}
     if "live" in suites:  # first: its app loads the bundle in a child process, so none is loaded here yet
         out["live"] = live.run_live(root, live_plan, threads, progress)
-    if not set(suites) - {"live"}:
+    if not set(suites) - {"live", "static"}:  # static: one figure per pair of bundles, see run()
         return out
     model = OmniModel.load(root, SessionOptions(threads=threads))
     if "latency" in suites:
@@ -263,6 +263,9 @@ def markdown(results: dict) -> str:
             lines += live_rows(r["live"])
         lines.append("")
     lines += floor.moe_rows(results.get("moe_over_dense", []), fmt)
+    if "static_vs_dynamic" in results:
+        side = results["static_vs_dynamic"]
+        lines += [f"## {side['static']} against {side['dynamic']}", "", *static_ratio.markdown_rows(side), ""]
     lines.append("Random weights give meaningless quality figures; the `weights` line says what each bundle holds.")
     return "\n".join(lines) + "\n"
 
@@ -295,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--bundle", type=Path, action="append", help="a bundle to measure (repeatable; default: the "
                    "omni-export cache location)")
-    p.add_argument("--suite", help=f"comma-separated, of: {', '.join(SUITES)} (default: all; fidelity only "
-                   "with --checkpoint)")
+    p.add_argument("--suite", help=f"comma-separated, of: {', '.join(SUITES)} (default: all but live and static; "
+                   "fidelity only with --checkpoint; static: a static bundle against a dynamic one, both --bundle)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, seconds on a tiny bundle)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/omni-bench"),
@@ -341,7 +344,7 @@ def write_results(results: dict, out: Path) -> str:
 def run(a: argparse.Namespace) -> str:
     from omni_onnx.bundle import default_bundle_dir
 
-    default = [s for s in SUITES if s != "live" and (s != "fidelity" or a.checkpoint is not None)
+    default = [s for s in SUITES if s not in ("live", "static") and (s != "fidelity" or a.checkpoint is not None)
                and (s != "floor" or all(installed(m) for m in FLOOR_MODULES))]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
@@ -374,14 +377,21 @@ def run(a: argparse.Namespace) -> str:
         total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
             ("memory" in suites) + ("floor" in suites) + questions * answers * ("quality" in suites) + \
             len(scenarios) * ("live" in suites)
-    progress = Progress(total)
+    pair = static_ratio.static_and_dynamic(bundles) if "static" in suites else None
+    progress = Progress(total + (pair is not None))
     try:
         runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan) for b in bundles]
+        side = None
+        if pair is not None:
+            side = static_ratio.measure(*pair, a.threads, plan.steps)
+            progress()
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
                "plan": asdict(plan), "seconds": time.perf_counter() - t0, "bundles": runs,
                "moe_over_dense": floor.moe_over_dense(runs)}
+    if side is not None:
+        results["static_vs_dynamic"] = side
     return write_results(results, a.out)
 
 

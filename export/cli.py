@@ -106,8 +106,11 @@ def add_llm(parts: BundleParts, model, t0: float) -> None:
 
 
 def add_static_llm(parts: BundleParts, model, shape: StaticShape, t0: float) -> None:
+    from .shared_weights import share_weights
     from .static_graphs import export_static
-    for name, (path, spec) in export_static(model, shape, parts.work, parts.verify).items():
+    graphs = export_static(model, shape, parts.work, parts.verify)
+    parts.files.append(share_weights(parts.work, [path.name for path, _ in graphs.values()]))
+    for name, (path, spec) in graphs.items():
         parts.add(name, path, spec, t0)
     parts.sections["static"] = shape.to_dict()
 

@@ -31,6 +31,8 @@ import onnxruntime
 from omni_onnx.bundle import MANIFEST, Bundle, sha256_file
 from omni_onnx.errors import OmniError
 
+from .shared_weights import WEIGHTS_FILE
+
 log = logging.getLogger("omni-export")
 
 REQUIRED_OPERATORS = "ort_required_operators.config"
@@ -87,6 +89,8 @@ def convert_bundle(root: Path) -> dict[str, Any]:
         src.mkdir()
         for path in graphs.values():
             os.link(path, src / path.name)  # the converter takes a folder: exactly the manifest's graphs
+        if (root / WEIGHTS_FILE).is_file():  # external data of a static bundle's graphs, read beside them
+            os.link(root / WEIGHTS_FILE, src / WEIGHTS_FILE)
         _child(["-m", "onnxruntime.tools.convert_onnx_models_to_ort", os.fspath(src), "--output_dir", os.fspath(out),
                 "--optimization_style", STYLE], "converter")
         for name, path in graphs.items():
@@ -98,6 +102,8 @@ def convert_bundle(root: Path) -> dict[str, Any]:
         ort_path = path.with_suffix(".ort")
         manifest["graphs"][name].update(file=ort_path.name, sha256=sha256_file(ort_path))
         path.unlink()
+    if manifest.get("files", {}).pop(WEIGHTS_FILE, None) is not None:  # each .ort file holds its weights
+        (root / WEIGHTS_FILE).unlink()
     manifest.setdefault("files", {}).update({f: sha256_file(root / f) for f in (REQUIRED_OPERATORS, USABILITY_REPORT)})
     manifest["ort"] = {"onnxruntime": onnxruntime.__version__, "optimization_style": STYLE,
                        "required_operators": REQUIRED_OPERATORS, "mobile_usability": USABILITY_REPORT}

@@ -15,6 +15,7 @@ from typing import Any
 import onnxruntime as ort
 from omni_onnx import __version__
 from omni_onnx.bundle import MANIFEST, Bundle, sha256_file
+from omni_onnx.contracts import PREFILL_SUFFIX
 from omni_onnx.errors import OmniError
 from omni_onnx.export.extras import QUANT_INSTALL, MissingExtra, require
 from omni_onnx.export.staging import check_out, move_into_place, staging_dir
@@ -76,6 +77,13 @@ def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.root / rel, work / rel)
             manifest["files"][rel] = sha256_file(work / rel)
+        if manifest.get("static") is not None:  # the quantized decode and prefill graphs share their weights again
+            from omni_onnx.export.shared_weights import share_weights
+            static = [n for n in manifest["graphs"] if n.removesuffix(PREFILL_SUFFIX) in ("thinker", "talker")]
+            rel = share_weights(work, [manifest["graphs"][n]["file"] for n in static])
+            manifest["files"][rel] = sha256_file(work / rel)
+            for n in static:
+                manifest["graphs"][n]["sha256"] = sha256_file(work / manifest["graphs"][n]["file"])
         manifest["quantization"] = {"recipe": recipe.name, "from_bundle_created": src.manifest.get("created"),
                                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "onnxruntime": ort.__version__}

@@ -277,8 +277,8 @@ class StaticShape:
     """A static bundle's fixed sizes: the KV buffer's capacity and the prefill chunk length (manifest `static`).
 
     Runtimes for NPUs and mobile accelerators compile a graph for one set of shapes, so the static Thinker/Talker
-    read the whole `context`-slot buffer and take new positions in fixed chunks; `static_spec` derives their
-    contracts from the dynamic ones.
+    take the whole `context`-slot buffer and new positions in fixed chunks; `static_spec` derives their contracts
+    from the dynamic ones.
     """
 
     context: int
@@ -312,26 +312,36 @@ PREFILL_SUFFIX = "_prefill"
 
 
 def static_spec(spec: GraphSpec, context: int, chunk: int, graph: str) -> GraphSpec:
-    """The fixed-shape form of a Thinker/Talker contract: `seq` -> `chunk`, `past_seq` -> `context`, plus
+    """The fixed-shape form of a Thinker/Talker contract: `seq` -> `chunk`, plus
 
-    - `position` int64 [1]: cache slots already filled (the chunk's first absolute position); slots at and after
-      it are masked out, so whatever they hold never affects the outputs;
+    - `position` int64 [1]: cache slots already filled (the chunk's first absolute position);
     - `length` int64 [1]: real positions in the chunk (1..chunk); the rest is padding (any valid ids/codes,
-      features off). Last-position outputs (logits) are taken at `length - 1`; per-position outputs (bridge,
-      present_*) have `chunk` rows of which the caller keeps the first `length`.
+      features off). Last-position outputs (logits) are taken at `length - 1`; `bridge` has `chunk` rows of which
+      the caller keeps the first `length`;
+    - `past_key/value_<i>`: the whole cache buffer [1, kv_heads, context, head_dim] (heads first, the layout of
+      onnxruntime's GroupQueryAttention), and `present_key/value_<i>` the same buffer with the chunk's `chunk` rows
+      written at slots position..position+chunk-1 (padding rows included; the next call overwrites them).
 
-    `past_*` are the whole buffers [1, context, kv_heads, head_dim]; the caller writes `present_*[:, :length]` at
-    slots position..position+length-1 (the graph never copies the buffer).
+    Bind each `present_*` to its `past_*` buffer (onnxruntime IO binding) and the graph writes the new rows in
+    place and reads only slots < position + chunk: a step costs what the dynamic graph's does, whatever the
+    context. Unbound, `present_*` is a new buffer to feed next time (a copy of the whole cache per call).
+    Version 2: version 1 read a [1, context, kv_heads, head_dim] buffer in full every call and returned the new
+    rows only.
     """
-    fixed = {"seq": chunk, "past_seq": context}
+    fixed = {"seq": chunk}
 
     def fix(t: TensorSpec) -> TensorSpec:
+        if t.name.startswith(("past_", "present_")):  # [1, seq|past_seq, kv_heads, head_dim] -> whole buffer
+            return TensorSpec(t.name, t.dtype, (1, t.dims[2], context, t.dims[3]))
         return TensorSpec(t.name, t.dtype, tuple(fixed[d] if isinstance(d, str) else d for d in t.dims))
 
     past = tuple(fix(t) for t in spec.inputs if t.name.startswith("past_"))
     rest = tuple(fix(t) for t in spec.inputs if not t.name.startswith("past_"))
     where = (TensorSpec("position", "int64", (1,)), TensorSpec("length", "int64", (1,)))
-    return GraphSpec(graph, spec.version, rest + where + past, tuple(fix(t) for t in spec.outputs), spec.atol)
+    return GraphSpec(graph, STATIC_VERSION, rest + where + past, tuple(fix(t) for t in spec.outputs), spec.atol)
+
+
+STATIC_VERSION = 2  # the static Thinker/Talker contracts (see static_spec)
 
 
 VAD_CHUNK = 512  # samples per Silero VAD (v5+) step at 16 kHz

@@ -67,11 +67,12 @@ class ModelState:
     identical to the new prompt's, so the result equals a fresh prefill of the whole history (upstream's way).
     """
 
-    def __init__(self, cfg: ModelConfig, capacity: int):
+    def __init__(self, cfg: ModelConfig, capacity: int, cache: type = KVCache):
+        """`cache`: the KV cache class (a static bundle's graphs take `static_step.BufferCache`)."""
         self.capacity = capacity
-        self.thinker = KVCache(cfg.num_hidden_layers, capacity, cfg.num_key_value_heads, cfg.head_dim)
-        self.talker = KVCache(cfg.num_talker_hidden_layers, capacity, cfg.talker_num_key_value_heads,
-                              cfg.talker_head_dim)
+        self.thinker = cache(cfg.num_hidden_layers, capacity, cfg.num_key_value_heads, cfg.head_dim)
+        self.talker = cache(cfg.num_talker_hidden_layers, capacity, cfg.talker_num_key_value_heads,
+                            cfg.talker_head_dim)
         self.ids = np.zeros(capacity, np.int64)
         self.codes = np.zeros((cfg.num_codebooks, capacity), np.int64)
         self.reused = 0  # positions the last prefill took from the cache instead of recomputing

@@ -15,12 +15,12 @@ from .cloning import VoiceCloner, normalize_voice_name, require_cloning
 from .contracts import PREFILL_SUFFIX
 from .dump import CodeDump
 from .errors import OmniError
-from .generate import ContextFull, GenerationOptions, ModelState, Speaker, Stepper, generate
+from .generate import ContextFull, GenerationOptions, KVCache, ModelState, Speaker, Stepper, generate
 from .image import PREPROCESSOR_FILE, ImagePreprocessor, open_rgb, preprocess_image
 from .inject import IMAGE_PAD, prompt_features, user_content
 from .prompt import VOICE_SYSTEM_PROMPT, Message, TextTokenizer
 from .session import GraphSession, SessionOptions
-from .static_step import StaticStepper
+from .static_step import BufferCache, StaticStepper
 from .speaker import SpeakerEncoder
 from .speech import SpeechEncoder, load_audio
 from .user_voices import user_voice_names, user_voice_path
@@ -168,7 +168,7 @@ class Conversation:
         if context < 16:
             raise ValueError(f"context must be at least 16 positions, got {context}")
         self.model, self.context = model, context
-        self.state = ModelState(model.config, context)
+        self.state = ModelState(model.config, context, KVCache if model.static is None else BufferCache)
         self.speaker = Speaker(None, None)
         self.history: list[Message] = []
         if voice is not None:

@@ -1,25 +1,44 @@
 """Drive a static bundle (`omni-export --static`): the same `Stepper` protocol over fixed-shape graphs.
 
-The static Thinker/Talker read the whole preallocated KV buffer plus `position` (slots already filled) and take
-new positions in fixed chunks (`length` of them real). So `run` splits the new positions into chunks (the prefill
-graph for several, the decode graph for one), pads each chunk to the graph's size and keeps only the real rows of
-the per-position outputs; the caches are written in place as with the dynamic graphs. Greedy output equals the
-dynamic bundle's.
+The static Thinker/Talker take the whole preallocated KV buffer [1, kv_heads, context, head_dim] plus `position`
+(slots already filled) and new positions in fixed chunks (`length` of them real), and write the chunk's K/V into
+the buffer themselves: each buffer is bound as both `past_*` and `present_*` (onnxruntime IO binding), so nothing
+is copied and a call reads only the filled slots. `run` splits the new positions into chunks (the prefill graph
+for several, the decode graph for one or for a tail whose padded chunk would run past the buffer), pads each chunk
+to the graph's size and keeps only the real rows of `bridge`. Greedy output equals the dynamic bundle's.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 from .config import ModelConfig
 from .contracts import PREFILL_SUFFIX, GraphSpec, talker_spec, thinker_spec
-from .generate import ContextFull, KVCache, ModelState, Speaker, Stepper
+from .generate import ContextFull, ModelState, Speaker, Stepper
 from .session import GraphSession
 
 
+class BufferCache:
+    """One stack's static KV cache: per layer K and V [1, kv_heads, capacity, head_dim], with the OrtValues that
+    bind them to the graphs (created once: the arrays never move). `length` counts filled slots."""
+
+    def __init__(self, n_layers: int, capacity: int, kv_heads: int, head_dim: int):
+        shape = (1, kv_heads, capacity, head_dim)
+        self.keys = [np.zeros(shape, np.float32) for _ in range(n_layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(n_layers)]
+        self.capacity, self.length = capacity, 0
+        self.bound = {f"{kind}_{i}": ort.OrtValue.ortvalue_from_numpy(a)
+                      for kind, arrays in (("key", self.keys), ("value", self.values)) for i, a in enumerate(arrays)}
+
+    def append(self, outputs: dict[str, np.ndarray], t: int) -> None:
+        """The graph already wrote the `t` new entries into the buffers."""
+        self.length += t
+
+
 def _seq_axes(tensors) -> dict[str, int]:
-    """Tensor name -> axis of its per-position dim (`seq` in the dynamic contract)."""
-    return {t.name: t.dims.index("seq") for t in tensors if "seq" in t.dims}
+    """Tensor name -> axis of its per-position dim (`seq` in the dynamic contract), caches left out."""
+    return {t.name: t.dims.index("seq") for t in tensors if "seq" in t.dims and not t.name.startswith("present_")}
 
 
 class StaticStepper(Stepper):
@@ -34,10 +53,10 @@ class StaticStepper(Stepper):
         self._in_axes = {g: _seq_axes(s.inputs) for g, s in dynamic.items()}
         self._out_axes = {g: _seq_axes(s.outputs) for g, s in dynamic.items()}
         self.chunk = self._size(prefill["thinker"].spec, "input_ids") if prefill else 1
-        context = thinker.spec.inputs[-1].dims[1]
-        if state.capacity != context:
-            raise ValueError(f"this static bundle's graphs hold exactly {context} positions, the state holds "
-                             f"{state.capacity}; create the ModelState with capacity {context}")
+        context = thinker.spec.inputs[-1].dims[2]
+        if state.capacity != context or not isinstance(state.thinker, BufferCache):
+            raise ValueError(f"this static bundle's graphs hold exactly {context} positions in BufferCache buffers; "
+                             f"create the ModelState with capacity {context} and cache=BufferCache")
 
     def _size(self, spec: GraphSpec, name: str) -> int:
         """The fixed per-position size of input `name` in a static spec."""
@@ -46,28 +65,41 @@ class StaticStepper(Stepper):
 
     def run(self, ids: np.ndarray, codes: np.ndarray, feature_embeds: np.ndarray | None = None,
             feature_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """As Stepper.run, one chunk at a time (the context check covers all positions before any is written)."""
+        """As Stepper.run, one chunk at a time (the context check covers all positions before any is written).
+        A padded chunk must fit the buffer, so positions after the last whole chunk that fits go one by one."""
         st, t = self.state, len(ids)
         if st.length + t > st.capacity:
             raise ContextFull(f"{st.length + t} positions exceed the context of {st.capacity}")
-        for a in range(0, t, self.chunk):
-            b = min(a + self.chunk, t)
+        a = 0
+        while a < t:
+            fits = st.length + self.chunk <= st.capacity
+            b = min(a + (self.chunk if fits else 1), t)
             feats = (None, None) if feature_embeds is None else (feature_embeds[:, a:b], feature_mask[:, a:b])
             logits = super().run(ids[a:b], codes[:, a:b], *feats)
+            a = b
         return logits
 
-    def _run_graph(self, session: GraphSession, cache: KVCache, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_graph(self, session: GraphSession, cache: BufferCache, feeds: dict[str, np.ndarray]
+                   ) -> dict[str, np.ndarray]:
         kind = session.spec.graph
         in_axes, out_axes = self._in_axes[kind], self._out_axes[kind]
         name, axis = next(iter(in_axes.items()))
         t = feeds[name].shape[axis]
         graph = self._prefill[kind] if t > 1 else session
         size = self._size(graph.spec, name)
-        padded = {k: (_pad(v, in_axes[k], size) if k in in_axes else v) for k, v in feeds.items()}
-        past = {f"past_key_{i}": k for i, k in enumerate(cache.keys)}
-        past.update((f"past_value_{i}", v) for i, v in enumerate(cache.values))
-        out = graph.run({**padded, "position": np.array([cache.length], np.int64), "length": np.array([t], np.int64),
-                         **past})
+        binding = graph.sess.io_binding()
+        for k, v in feeds.items():
+            binding.bind_cpu_input(k, _pad(v, in_axes[k], size) if k in in_axes else v)
+        binding.bind_cpu_input("position", np.array([cache.length], np.int64))
+        binding.bind_cpu_input("length", np.array([t], np.int64))
+        own = [o.name for o in graph.spec.outputs if not o.name.startswith("present_")]
+        for k in own:  # bound first: get_outputs() keeps the binding order
+            binding.bind_output(k)
+        for k, v in cache.bound.items():  # the graph writes the chunk's rows into the buffers it reads
+            binding.bind_ortvalue_input("past_" + k, v)
+            binding.bind_ortvalue_output("present_" + k, v)
+        graph.sess.run_with_iobinding(binding)
+        out = {k: v.numpy() for k, v in zip(own, binding.get_outputs())}
         return {k: (_head(v, out_axes[k], t) if k in out_axes else v) for k, v in out.items()}
 
 

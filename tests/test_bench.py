@@ -270,3 +270,20 @@ def test_voice_similarity(tiny_bundle, tiny_clone_bundle):
 def test_bad_suite(tiny_bundle, tmp_path, capsys):
     assert main(["--bundle", str(tiny_bundle), "--suite", "latency,speed", "--out", str(tmp_path)]) == 1
     assert "unknown suite(s) speed" in capsys.readouterr().err
+
+
+def test_static_suite_times_a_static_bundle_against_a_dynamic_one(tiny_static_bundle, lively_bundle, tmp_path,
+                                                                  capsys):
+    """`--suite static`: side-by-side decode step and prefill, at the contexts the static bundle holds (160 here:
+    64 but not 256); one kind of bundle alone is refused with a message."""
+    out = tmp_path / "r"
+    assert main(["--bundle", str(lively_bundle), "--bundle", str(tiny_static_bundle), "--suite", "static", "--quick",
+                 "--out", str(out)]) == 0
+    side = json.loads((out / "results.json").read_text(encoding="utf-8"))["static_vs_dynamic"]
+    assert side["static"] == str(tiny_static_bundle) and side["dynamic"] == str(lively_bundle)
+    for what in ("decode", "prefill"):
+        (row,) = side[what].values()
+        assert list(side[what]) == ["64"] and row["ratio"] == round(row["static_ms"] / row["dynamic_ms"], 3) > 0
+    assert "Thinker+Talker decode step, context 64" in (out / "results.md").read_text(encoding="utf-8")
+    assert main(["--bundle", str(lively_bundle), "--suite", "static", "--quick", "--out", str(out)]) == 1
+    assert "a static bundle with a dynamic one" in capsys.readouterr().err

@@ -45,7 +45,7 @@ function writeAtomic(path, bytes) {
 async function main(argv) {
   const args = options(argv);
   const bundle = await Bundle.open(async (p) => readFileSync(join(args.bundle, p)),
-    (bytes) => ort.InferenceSession.create(bytes, sessionOptions(['cpu'])));
+    (file) => ort.InferenceSession.create(join(args.bundle, file), sessionOptions(['cpu'])));
   let wav = null, audioBytes = 0;
   if (args.out) {
     if (!bundle.sessions.mimi_decoder) throw new UsageError('this bundle has no Mimi decoder; leave out --out');

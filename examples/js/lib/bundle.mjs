@@ -16,8 +16,13 @@ export function roundToHalf(x) {
   return Math.sign(x) * even * q;
 }
 
+const SHARED_WEIGHTS = ['static_weights.bin']; // section 1: weights files the graphs may refer to
+
 export class Bundle {
-  /** `readBytes(path)` -> Uint8Array (async); `createSession(bytes)` -> an onnxruntime InferenceSession. */
+  /** `readBytes(path)` -> Uint8Array (async); `createSession(file, external)` -> an onnxruntime InferenceSession for
+   * the bundle's file `file`; `external` lists the bundle files its weights may be in (onnx external data: a static
+   * bundle's graphs share static_weights.bin). Opened by path, onnxruntime finds them beside the graph; from bytes
+   * they go in the session options' `externalData`. */
   static async open(readBytes, createSession) {
     const b = new Bundle();
     const text = async (p) => new TextDecoder().decode(await readBytes(p));
@@ -29,8 +34,9 @@ export class Bundle {
     b.tokenizer = new Tokenizer(JSON.parse(await text('tokenizer.json')));
     b.sessions = {};
     const wanted = ['thinker', 'talker', 'thinker_prefill', 'talker_prefill', 'mimi_decoder'];
+    const external = SHARED_WEIGHTS.filter((f) => f in (b.manifest.files ?? {}));
     for (const name of wanted.filter((g) => g in b.manifest.graphs)) {
-      b.sessions[name] = await createSession(await readBytes(b.manifest.graphs[name].file));
+      b.sessions[name] = await createSession(b.manifest.graphs[name].file, external);
     }
     return b;
   }

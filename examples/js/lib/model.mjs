@@ -1,6 +1,6 @@
 // Sections 3, 5, 11 and 12: feeding positions through the Thinker, then the Talker, with KV caches preallocated to
 // the context. `DynamicModel` drives the default bundle (past = the cache's first n positions); `StaticModel` the
-// fixed-shape one (whole buffers + position/length, prompts in fixed chunks through the `*_prefill` graphs).
+// fixed-shape one (whole heads-first buffers + position/length, prompts in fixed chunks through the `*_prefill` graphs).
 
 export class ContextFull extends Error {}
 
@@ -15,7 +15,7 @@ class KVCache {
     this.length = 0;
   }
 
-  /** The past_* feeds: the first `n` positions (dynamic graphs) or the whole buffers (static graphs). */
+  /** The past_* feeds: the first `n` positions. */
   pastFeeds(ort, n) {
     const feeds = {};
     this.keys.forEach((k, i) => {
@@ -35,6 +35,34 @@ class KVCache {
   }
 }
 
+/** A static bundle's cache (section 12): per layer, K and V buffers [1, kvHeads, context, headDim] fed whole; each
+ * call returns them with the chunk's rows written (present_*), which become the next call's buffers. */
+class BufferKV {
+  constructor(layers, context, kvHeads, headDim) {
+    this.dims = [1, kvHeads, context, headDim];
+    this.keys = Array.from({ length: layers }, () => new Float32Array(kvHeads * context * headDim));
+    this.values = Array.from({ length: layers }, () => new Float32Array(kvHeads * context * headDim));
+    this.context = context;
+    this.length = 0;
+  }
+
+  pastFeeds(ort) {
+    const feeds = {};
+    this.keys.forEach((k, i) => {
+      feeds[`past_key_${i}`] = new ort.Tensor('float32', k, this.dims);
+      feeds[`past_value_${i}`] = new ort.Tensor('float32', this.values[i], this.dims);
+    });
+    return feeds;
+  }
+
+  /** Take the present_* buffers (the graph wrote the `count` new rows, and kept the filled ones). */
+  append(outputs, count) {
+    this.keys = this.keys.map((_, i) => outputs[`present_key_${i}`].data);
+    this.values = this.values.map((_, i) => outputs[`present_value_${i}`].data);
+    this.length += count;
+  }
+}
+
 const int64 = (ort, values, dims) => new ort.Tensor('int64', BigInt64Array.from(values, (v) => BigInt(v)), dims);
 const bool = (ort, values, dims) => new ort.Tensor('bool', Uint8Array.from(values, (v) => (v ? 1 : 0)), dims);
 
@@ -45,8 +73,9 @@ class Model {
     this.ort = ort;
     this.cfg = c;
     this.context = context;
-    this.thinkerKV = new KVCache(c.num_hidden_layers, context, c.num_key_value_heads, c.head_dim);
-    this.talkerKV = new KVCache(c.num_talker_hidden_layers, context, c.talker_num_key_value_heads, c.talker_head_dim);
+    const Cache = bundle.static ? BufferKV : KVCache;
+    this.thinkerKV = new Cache(c.num_hidden_layers, context, c.num_key_value_heads, c.head_dim);
+    this.talkerKV = new Cache(c.num_talker_hidden_layers, context, c.talker_num_key_value_heads, c.talker_head_dim);
     this.hasSpk = spkEmb !== null;
     this.spkEmb = new ort.Tensor('float32', spkEmb ?? new Float32Array(c.spk_emb_size), [1, c.spk_emb_size]);
   }
@@ -107,9 +136,14 @@ export class StaticModel extends Model {
     this.chunk = this.sessions.thinker_prefill ? bundle.manifest.static.prefill_chunk : 1;
   }
 
+  /** A padded chunk must fit the buffer: positions after the last whole chunk that fits go one by one. */
   async feed(ids, codes, features) {
     let out;
-    for (let a = 0; a < ids.length; a += this.chunk) out = await this.feedChunk(ids, codes, features, a, Math.min(a + this.chunk, ids.length));
+    for (let a = 0; a < ids.length;) {
+      const b = Math.min(a + (this.thinkerKV.length + this.chunk <= this.context ? this.chunk : 1), ids.length);
+      out = await this.feedChunk(ids, codes, features, a, b);
+      a = b;
+    }
     return out;
   }
 
@@ -117,7 +151,7 @@ export class StaticModel extends Model {
   async feedChunk(ids, codes, features, a, b) {
     const ort = this.ort, t = b - a, size = t > 1 ? this.chunk : 1, suffix = t > 1 ? '_prefill' : '';
     const inp = this.inputs(ids, codes, features, a, b, size);
-    const where = (kv) => ({ position: int64(ort, [kv.length], [1]), length: int64(ort, [t], [1]), ...kv.pastFeeds(ort, kv.context) });
+    const where = (kv) => ({ position: int64(ort, [kv.length], [1]), length: int64(ort, [t], [1]), ...kv.pastFeeds(ort) });
     const th = await this.sessions['thinker' + suffix].run({ ...inp.thinker, ...where(this.thinkerKV) });
     const h = this.cfg.hidden_size;
     const bridge = new Float32Array(size * h); // the real rows; padding rows zero, as the runtime pads them

@@ -57,7 +57,16 @@ async function run() {
   $('status').textContent = 'loading the bundle…';
   const q = question();
   if ($('threads').value.trim()) ort.env.wasm.numThreads = int('threads'); // read at the first session only
-  const bundle = await Bundle.open(bundleReader(), (bytes) => ort.InferenceSession.create(bytes, sessionOptions(['wasm'])));
+  const read = bundleReader();
+  const weights = new Map(); // each shared weights file read once
+  const bundle = await Bundle.open(read, async (file, external) => {
+    const options = sessionOptions(['wasm']);
+    if (external.length) {
+      for (const path of external) if (!weights.has(path)) weights.set(path, read(path));
+      options.externalData = await Promise.all(external.map(async (path) => ({ path, data: await weights.get(path) })));
+    }
+    return ort.InferenceSession.create(await read(file), options);
+  });
   const pcm = [];
   $('status').textContent = 'answering…';
   const result = await answer(ort, bundle, q, bundle.sessions.mimi_decoder ? async (bytes) => { pcm.push(bytes); } : null);
