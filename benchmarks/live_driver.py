@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", type=Path, required=True, help="JSON written at exit: events and underruns")
     p.add_argument("--voice", type=Path, action="append", required=True, help="speech the answers are made of")
     a = p.parse_args(argv[:cut])
+    # The benchmark ends the app with SIGINT (its Ctrl-C path). A shell without job control starts background
+    # commands with SIGINT ignored, and Python keeps an inherited "ignore": every app was then killed after the
+    # stop timeout, leaving no summary. Ctrl-C is what the app must answer to, so it is restored here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     log = EventLog(a.events)
     instrument(LoopedVoice(load_voice(a.voice)), log, a.summary)
     from omni_onnx.cli import main as omni_run

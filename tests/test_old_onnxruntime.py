@@ -1,5 +1,5 @@
-"""The oldest onnxruntime the package allows runs the tiny dynamic bundle, fp32 and int8, and answers exactly as
-omni-run on the installed onnxruntime: before 1.32 the first call's empty cache killed it (SIGFPE in the fused cache
+"""The oldest onnxruntime the package allows runs the tiny dynamic bundle, fp32 and int8, and the tiny static one
+(version 2: GroupQueryAttention on in-place buffers), and answers exactly as omni-run on the installed onnxruntime: before 1.32 the first call's empty cache killed it (SIGFPE in the fused cache
 matmul, export/empty_past.py). The old wheel is installed once per checkout into build/ (`pip install --target`,
 no dependencies: numpy and the rest come from this environment); omni-run runs on it in a child process."""
 
@@ -41,15 +41,15 @@ def old_onnxruntime() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def dynamic_bundles(tiny_bundle, tmp_path_factory) -> dict[str, Path]:
+def bundles(tiny_bundle, tiny_static_bundle, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("old-ort") / "tiny-int8"
     assert omni_quant([str(tiny_bundle), "--to", "int8", "--out", str(out)]) == 0
-    return {"fp32": tiny_bundle, "int8": out}
+    return {"fp32": tiny_bundle, "int8": out, "static": tiny_static_bundle}
 
 
-@pytest.mark.parametrize("kind", ["fp32", "int8"])
-def test_oldest_onnxruntime_answers_as_the_installed_one(old_onnxruntime, dynamic_bundles, tmp_path, kind):
-    bundle = str(dynamic_bundles[kind])
+@pytest.mark.parametrize("kind", ["fp32", "int8", "static"])
+def test_oldest_onnxruntime_answers_as_the_installed_one(old_onnxruntime, bundles, tmp_path, kind):
+    bundle = str(bundles[kind])
     assert omni_run(["--bundle", bundle, *ARGS, "--dump-codes", str(tmp_path / "new.json"),
                      "--out", str(tmp_path / "new.wav")]) == 0
     r = subprocess.run([sys.executable, "-m", "omni_onnx", "--bundle", bundle, *ARGS,
