@@ -143,21 +143,22 @@ class EchoDelayEstimator:
         self._recent.append(now)
         if len(self._recent) >= 2 and max(c for _, c in list(self._recent)[-2:]) < o.no_echo:
             self.echo = False
-        need, corr = (2, o.min_correlation) if self.delay is None else (o.relock, o.relock_correlation)
-        agreeing = list(self._recent)[-2:]
-        if len(agreeing) < 2 or min(c for _, c in agreeing) < o.min_correlation or \
-                max(lag for lag, _ in agreeing) - min(lag for lag, _ in agreeing) > o.agree:
+        if not self._agree(2, o.min_correlation):
             return None
         delay = now[0] * hop / MIC_RATE
         if self.delay is not None and abs(delay - self.delay) <= o.agree * hop / MIC_RATE:
             self.echo = True
             return None
-        moved = list(self._recent)[-need:]
-        if len(moved) < need or min(c for _, c in moved) < corr or \
-                max(lag for lag, _ in moved) - min(lag for lag, _ in moved) > o.agree:
+        if self.delay is not None and not self._agree(o.relock, o.relock_correlation):
             return None
         self.echo, self.delay = True, delay
         return delay
+
+    def _agree(self, n: int, correlation: float) -> bool:
+        """The last `n` estimates each at least this correlated, at lags within `agree` hops of each other."""
+        last = list(self._recent)[-n:]
+        lags = [lag for lag, _ in last]
+        return len(last) == n and min(c for _, c in last) >= correlation and max(lags) - min(lags) <= self.opts.agree
 
     def _estimate(self) -> tuple[int, float] | None:
         """(lag in hops, its correlation), or None while too little was played to tell."""
