@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omni_onnx.live.cli import native_errors_filtered
-from omni_onnx.live.echo import EchoDelayEstimator, EchoOptions, EchoPath
+from omni_onnx.live.echo import Convergence, EchoDelayEstimator, EchoOptions, EchoPath
 from omni_onnx.live.vad import SileroVad
 from omni_onnx.speech import load_audio
 from omni_onnx.bundle import Bundle
@@ -84,6 +84,58 @@ def test_speech_over_the_first_answer_is_heard_before_the_estimator_decides(tiny
     cleaned = [alone.canceller.process(mic[i * 512:(i + 1) * 512], voice[i * 512:(i + 1) * 512])
                for i in range(len(mic) // 512)]
     assert not (np.array([vad(c) for c in cleaned])[windows] > 0.8).any()
+
+
+def test_a_user_talking_over_the_echo_does_not_raise_the_measured_echo_gain(tiny_bundle, speech):
+    """-6 dB echo (amplitude 0.5) 0.3 s late; the user talks over it from 3 s to the end. The guard measures only
+    what follows the playback, so its gain stays at the echo's (0.46); counting every window it could not tell
+    from echo, as it did, gave 1.6, and the user was then taken for echo."""
+    voice, _ = speech
+    talk = np.concatenate([load_audio(p) for p in sorted(CLIPS.glob("audio-en-*.mp3"))[:6]])
+    d, at = int(0.3 * 16000), 3 * 16000
+    mic = np.zeros(len(voice), np.float32)
+    mic[d:] = 0.5 * voice[:-d]
+    mic[at:] += talk[:len(mic) - at]
+    path = EchoPath(EchoOptions.named("cancel"), 512, SileroVad.from_bundle(Bundle.open(tiny_bundle)))
+    through(path, mic, voice)
+    assert path.echo and path.canceller.estimator.delay == pytest.approx(0.3, abs=0.02)
+    assert 0.35 <= path.guard.gain <= 0.65
+
+
+def test_coherence_is_high_on_echo_alone_and_low_under_double_talk(speech):
+    voice, user = speech
+    est = EchoDelayEstimator()
+    d = int(0.2 * 16000)
+    mic = np.r_[np.zeros(d, np.float32), voice[:-d]] * 0.5
+    n = 6 * 16000
+    for i in range(0, n, 512):
+        est.push(mic[i:i + 512], voice[i:i + 512])
+    assert est.delay == pytest.approx(0.2, abs=0.016) and est.coherence() > 0.9
+    talk = mic[n:n + 16000] + user[:16000]
+    for i in range(0, 16000, 512):
+        est.push(talk[i:i + 512], voice[n + i:n + i + 512])
+    assert est.coherence() < 0.7
+
+
+def test_the_canceller_is_trusted_only_once_every_piece_of_the_echo_is_removed(speech):
+    """Convergence against its definition: 12 dB less out than in over every 100 ms of 1.5 s of playback. 20 dB
+    less with one 100 ms burst let through (AEC3 early on, traced) is not converged."""
+    voice, _ = speech
+    conv = Convergence()
+
+    def feed(seconds: float, out_gain: float, burst_at: float | None = None) -> None:
+        for i in range(0, int(seconds * 16000), 512):
+            mic, ref = 0.5 * voice[i:i + 512], voice[i:i + 512]
+            burst = burst_at is not None and burst_at <= i / 16000 < burst_at + 0.1
+            conv.push(mic, mic * (1.0 if burst else out_gain), ref)
+
+    feed(2.0, 0.1, burst_at=1.0)
+    assert not conv.reached  # every 1.5 s so far holds the burst
+    feed(1.6, 0.1)
+    assert conv.reached
+    conv.reset()
+    feed(3.0, 0.3)  # -10.5 dB: not enough
+    assert not conv.reached
 
 
 def test_delay_estimator_needs_two_agreeing_estimates(speech):
