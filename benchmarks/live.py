@@ -245,7 +245,8 @@ def median(values: list) -> float | None:
 
 
 def run_latency(app: App, questions: list[Clip]) -> dict:
-    """Each question, answered to the end: its speech offset -> the loudspeaker's first non-zero sample."""
+    """Each question, answered to the end: its speech offset -> the loudspeaker's first non-zero sample before the
+    next question (none: the answer had no audio, as random full-size weights sometimes give)."""
     said = []
     for q in questions:
         t = app.say(q)
@@ -256,9 +257,10 @@ def run_latency(app: App, questions: list[Clip]) -> dict:
     out: dict = {}
     mic, speaker = finish(app, out)
     values = []
-    for q, t, compute in said:
+    for i, (q, t, compute) in enumerate(said):
         end = app.find(mic, q, t) + round(q.offset * RATE)
-        sound = sig.first_sound(speaker, end)
+        until = app.find(mic, *said[i + 1][:2]) if i + 1 < len(said) else len(speaker)
+        sound = sig.first_sound(speaker[:until], end)
         values.append({"question": q.name, "latency_ms": None if sound is None else ms(sound - end),
                        "turn_to_first_audio_ms": None if compute is None else round(compute, 1)})
     out.update(median_ms=median([v["latency_ms"] for v in values]), each=values)

@@ -169,6 +169,7 @@ class Step:
     """What one generation step yields: the text token (None once EOS has been yielded) and a frame or None."""
     token: int | None
     frame: np.ndarray | None  # int64 [8]
+    audio_ended: bool = False  # a codebook has reached its stop code: no frame follows, text may go on
 
 
 def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: GenerationOptions,
@@ -222,10 +223,11 @@ def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: Ge
         frame = ring.frame(audio_step)
         if record is not None and frame is not None:
             record.frames.append(frame.tolist())
+        ended = frame is None and audio_step >= n_cb - 1 and bool((ring.stop_step >= 0).any())
         if text_finished:
-            yield Step(None, frame)
+            yield Step(None, frame, ended)
         else:
             if record is not None:
                 record.text_ids.append(token)
-            yield Step(token, frame)
+            yield Step(token, frame, ended)
             text_finished = token == cfg.eos_token_id

@@ -151,6 +151,12 @@ class AudioChunk:
 
 
 @dataclass(frozen=True)
+class AudioEnd:
+    """The answer's speech is over (its audio stream reached the stop code) while its text may go on: a player can
+    finish now instead of waiting, as for late audio, until the text ends too."""
+
+
+@dataclass(frozen=True)
 class TurnEnd:
     text: str  # the whole reply, as it enters the history
     reason: str  # "eos" (text and audio finished), "length" (max_new_tokens) or "context" (context limit)
@@ -187,7 +193,7 @@ class Conversation:
     def respond(self, user_text: str | None, opts: GenerationOptions, rng: np.random.Generator | None = None,
                 decode_audio: bool = True, record: CodeDump | None = None,
                 images: tuple[Path, ...] = (), audio: Path | np.ndarray | None = None
-                ) -> Iterator[Transcript | TextDelta | AudioChunk | TurnEnd]:
+                ) -> Iterator[Transcript | TextDelta | AudioChunk | AudioEnd | TurnEnd]:
         """Stream one answer: text deltas as tokens arrive, a 1920-sample chunk per frame. Work happens on iteration.
 
         `audio` (a spoken question) gets one `<|audio_pad|>` per encoder frame after the text, and `images` their 64
@@ -230,6 +236,9 @@ class Conversation:
                 if step.frame is not None and mimi_state is not None:
                     pcm, mimi_state = self.model.mimi.decode_frame(step.frame, mimi_state)
                     yield AudioChunk(pcm)
+                elif step.audio_ended and mimi_state is not None:
+                    mimi_state = None
+                    yield AudioEnd()
             # the loop only stops before max_new_tokens when text and all codebooks have finished
             reason = "eos" if steps < opts.max_new_tokens else "length"
         except ContextFull:
@@ -253,6 +262,17 @@ class Conversation:
     def _commit(self, user_text: str, heard: str, content: str, reply: str) -> None:
         said = " ".join(t for t in (user_text, heard) if t) or content.replace(IMAGE_PAD, "").strip()
         self.history += [Message("user", said), Message("assistant", reply)]
+
+    def forget_oldest(self, room: int) -> int:
+        """Drop the oldest exchanges (a system message stays) until the history leaves `room` positions of the
+        context free: a live conversation goes on past the context, and its next question and answer need the room.
+        Returns how many messages were dropped."""
+        first = next((i for i, m in enumerate(self.history) if m.role != "system"), len(self.history))
+        dropped = 0
+        while first < len(self.history) and len(self.prompt_ids("")) + room > self.context:
+            del self.history[first:first + 2]  # a question and its answer
+            dropped += 2
+        return dropped
 
     def truncate_history(self, length: int) -> None:
         """Forget the turns after the first `length` messages (a prepared answer the user never heard); the next

@@ -69,3 +69,23 @@ def test_next_turn_after_a_full_context_is_refused_with_the_same_message(lively_
     with pytest.raises(OmniError, match=r"the prompt is \d+ tokens but the context holds 40; start a new "
                                         r"conversation or raise --context"):
         list(conv.respond("Tell me more.", opts, decode_audio=False))
+
+
+def test_a_live_conversation_forgets_its_oldest_exchanges_to_keep_room(lively_bundle):
+    """`forget_oldest(room)` keeps the longest suffix of exchanges (and the system message) whose prompt leaves
+    `room` positions free: checked against prompts built with one more and one fewer exchange."""
+    from omni_onnx.prompt import Message
+    conv = Conversation(OmniModel.load(lively_bundle), context=120)
+    exchanges = [[Message("user", f"question {i} about the sky"), Message("assistant", f"answer {i} " + "blue " * i)]
+                 for i in range(8)]
+    system = Message("system", "You are a helpful assistant.")
+    conv.history = [system] + [m for pair in exchanges for m in pair]
+    room = 40
+    assert len(conv.prompt_ids("")) + room > conv.context  # too long as it is
+    dropped = conv.forget_oldest(room)
+    kept = (len(conv.history) - 1) // 2
+    assert dropped == 2 * (8 - kept) and conv.history[0] == system
+    assert conv.history[1:] == [m for pair in exchanges[8 - kept:] for m in pair]
+    assert len(conv.prompt_ids("")) + room <= conv.context
+    conv.history = [system] + [m for pair in exchanges[8 - kept - 1:] for m in pair]  # one exchange more
+    assert len(conv.prompt_ids("")) + room > conv.context

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..audio_out import WavWriter
 from ..generate import GenerationOptions
-from ..model import AudioChunk, Conversation, TextDelta, Transcript, TurnEnd
+from ..model import AudioChunk, AudioEnd, Conversation, TextDelta, Transcript, TurnEnd
+from ..speech import audio_token_count
 from .devices import MIC_RATE, Microphone, Speaker
 from .echo import EchoOptions, EchoPath, Resampler
 from .turns import INTERRUPT, PAUSE, RESUME, SPEECH_END, TurnOptions, TurnTaker
@@ -155,6 +156,9 @@ class LiveSession:
             self._cut()
 
     def _start(self, audio: np.ndarray) -> None:
+        forgot = self.conv.forget_oldest(audio_token_count(len(audio)) + self.gen.max_new_tokens)
+        if forgot:
+            self.log("forgot", f"{forgot} oldest messages, to keep room in the context")
         self.answer = _Answer(self.conv.respond(None, self.gen, self.rng, audio=audio), len(self.conv.history), audio)
 
     def _drop(self) -> None:
@@ -210,6 +214,8 @@ class LiveSession:
             self.speaker.write(ev.pcm)
             a.frames.append((a.audio, a.shown))
             a.audio += len(ev.pcm)
+        elif isinstance(ev, AudioEnd):
+            self.speaker.finish()  # the text may go on; running dry is no underrun now
 
     def _cut(self) -> None:
         """Barge-in: silence first, then close the generator; the history keeps what was heard. Speech within
