@@ -1,0 +1,143 @@
+"""Issue 16's Mimi row: the bundle's streaming Mimi decoder against transformers' own streaming call on the same
+weights, side by side in one process, and the audio SNR of the bundle's decoder against fp32.
+
+transformers' one-frame decode is `MimiModel.decode(codes [1, 8, 1], decoder_cache=cache, use_cache=True)`,
+carrying the decoder transformer's KV cache from call to call: the streaming call it offers (its convolutions keep
+no state, so its audio drifts from the whole-answer decode, which ours equals). Both sides are timed past the
+sliding window (both attend over a full window), alternating call by call, on the same thread count. Ours is timed
+one frame per call (an answer's first frame) and `frames_per_call` frames per call (an answer's steady state).
+
+SNR: random codes streamed through the bundle's graph against `MimiModel.decode` of all frames at once in fp32
+(which the fp32 graph equals within 1e-4: tests/test_mimi_decoder.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAMES_PER_CALL = 4  # steady state: audio is decoded 4 frames (320 ms) at a time once an answer has started
+SNR_FRAMES = 50
+
+
+def demo_mimi(dims, out_dir: Path) -> Path:
+    """A demo bundle's Mimi folder, re-drawn from the seed and level `omni-export --demo` used."""
+    from omni_onnx.export.cli import DEMO_RMS_DBFS
+    from omni_onnx.export.mimi_decoder import load_mimi, mimi_dims
+    from omni_onnx.export.random_mimi import SIZES, random_mimi_config, write_random_mimi
+    from transformers import MimiModel
+
+    for size in SIZES:
+        if mimi_dims(MimiModel(random_mimi_config(size))) == dims:
+            return write_random_mimi(out_dir / "mimi", size, seed=0, rms_dbfs=DEMO_RMS_DBFS)
+    raise ValueError("this demo bundle's Mimi dims match no demo size; pass --mimi")
+
+
+def load_reference(model, mimi_folder: Path | None, threads: int):
+    """transformers' MimiModel holding the bundle's weights: `mimi_folder`, or a demo bundle's re-drawn one."""
+    import torch
+    from omni_onnx.errors import OmniError
+    from omni_onnx.export.mimi_decoder import load_mimi
+
+    torch.set_num_threads(threads)
+    if mimi_folder is not None:
+        return load_mimi(mimi_folder)
+    if not model.bundle.random_weights:
+        raise OmniError("the mimi suite compares the bundle with transformers on the same weights: pass --mimi, "
+                        "the Mimi folder the bundle was exported from")
+    with tempfile.TemporaryDirectory(prefix="omni-mimi-") as tmp:
+        return load_mimi(demo_mimi(model.mimi.dims, Path(tmp)))
+
+
+def _stream(decoder, codes: np.ndarray, per_call: int, state=None):
+    """Decode `codes` [8, frames] in calls of `per_call` frames: (audio, state)."""
+    state, audio = state or decoder.initial_state(), []
+    for f in range(0, codes.shape[1], per_call):
+        pcm, state = decoder.decode_frames(codes[:, f:f + per_call], state)
+        audio.append(pcm)
+    return np.concatenate(audio), state
+
+
+def audio_snr(decoder, mimi, frames: int = SNR_FRAMES) -> float:
+    """SNR in dB of the graph's streamed audio (one frame per call) against fp32 `MimiModel.decode` of all frames."""
+    import torch
+    from omni_onnx.quant.fidelity import snr_db
+
+    codes = np.random.default_rng(0).integers(0, decoder.dims.codebook_size, (decoder.dims.num_codebooks, frames))
+    with torch.inference_mode():
+        ref = mimi.decode(torch.from_numpy(codes[None])).audio_values.numpy().reshape(-1)
+    return snr_db(ref, _stream(decoder, codes, 1)[0])
+
+
+def side_by_side(decoder, mimi, per_call: int = FRAMES_PER_CALL, calls: int = 40) -> dict:
+    """Per-frame medians of our one-frame call, our `per_call`-frame call and transformers' one-frame decode,
+    each of `calls` timings interleaved, after both sides have decoded past the sliding window."""
+    import torch
+
+    dims = decoder.dims
+    per_call = min(per_call, decoder.max_frames)
+    warm = dims.kv_window // dims.steps_per_frame + 4
+    total = warm + calls * (1 + per_call) + per_call
+    codes = np.random.default_rng(1).integers(0, dims.codebook_size, (dims.num_codebooks, total))
+    ours_one, ours_many, theirs = [], [], []
+    with torch.inference_mode():
+        cache = None
+        for f in range(warm):
+            cache = mimi.decode(torch.from_numpy(codes[None, :, f:f + 1]), decoder_cache=cache,
+                                use_cache=True).decoder_cache
+        _, state = _stream(decoder, codes[:, :warm], per_call)
+        f = warm
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            _, state = decoder.decode_frames(codes[:, f:f + 1], state)
+            t1 = time.perf_counter()
+            _, state = decoder.decode_frames(codes[:, f + 1:f + 1 + per_call], state)
+            t2 = time.perf_counter()
+            cache = mimi.decode(torch.from_numpy(codes[None, :, f:f + 1]), decoder_cache=cache,
+                                use_cache=True).decoder_cache
+            t3 = time.perf_counter()
+            ours_one.append(t1 - t0)
+            ours_many.append((t2 - t1) / per_call)
+            theirs.append(t3 - t2)
+            f += 1 + per_call
+    one, many, ref = (float(np.median(t)) * 1e3 for t in (ours_one, ours_many, theirs))
+    return {"frames_per_call": per_call, "calls": calls, "ours_one_frame_ms": one, "ours_per_frame_ms": many,
+            "transformers_frame_ms": ref, "ratio_one_frame": one / ref, "ratio_per_frame": many / ref}
+
+
+def measure(model, mimi, calls: int = 40, per_call: int = FRAMES_PER_CALL) -> dict:
+    """`side_by_side` and `audio_snr` of one bundle's decoder; refuses a `mimi` that is not the bundle's."""
+    from omni_onnx.errors import OmniError
+
+    if model.mimi is None:
+        raise OmniError(f"{model.bundle.root} has no Mimi decoder; leave mimi out of --suite for it")
+    dims = model.mimi.dims
+    snr = audio_snr(model.mimi, mimi)
+    if snr < 20:
+        raise OmniError(f"{model.bundle.root}'s Mimi decoder and the given Mimi weights decode the same codes "
+                        f"{snr:.1f} dB apart: pass --mimi, the folder the bundle was exported from")
+    return {"precision": model.bundle.manifest["graphs"]["mimi_decoder"].get("precision", "fp32"), "snr_db": snr,
+            "frame_ms": dims.frame_samples / dims.sample_rate * 1e3, **side_by_side(model.mimi, mimi, per_call, calls)}
+
+
+def mimi_rows(run: dict, fmt) -> list[str]:
+    """The Mimi row, and with the latency suite's greedy loop step beside it the steady real-time factor with
+    frames decoded `frames_per_call` at a time."""
+    m = run["mimi"]
+    n = m["frames_per_call"]
+    rows = [f"| Mimi frame / transformers' one-frame decode (`MimiModel.decode` of codes [1,8,1] carrying its "
+            f"decoder_cache; same weights, same threads, interleaved) | {fmt(m['ratio_per_frame'])}x at {n} frames "
+            f"per call ({fmt(m['ours_per_frame_ms'])} ms per frame), {fmt(m['ratio_one_frame'])}x one frame per "
+            f"call ({fmt(m['ours_one_frame_ms'])} ms) / {fmt(m['transformers_frame_ms'])} ms |",
+            f"| Mimi audio SNR, {m['precision']} graph vs fp32 `MimiModel.decode`, {SNR_FRAMES} random-code frames, "
+            f"dB | {fmt(m['snr_db'])} |"]
+    lat = run.get("latency", {})
+    if "loop_step" in lat:
+        loop = lat["loop_step"]["median_ms"]
+        rows.append(f"| steady real-time factor: (greedy loop step + Mimi per frame at {n} frames per call) / "
+                    f"{fmt(m['frame_ms'])} ms of speech | {fmt((loop + m['ours_per_frame_ms']) / m['frame_ms'])} "
+                    f"({fmt(loop)} + {fmt(m['ours_per_frame_ms'])} ms) |")
+    return rows
