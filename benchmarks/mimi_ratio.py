@@ -6,6 +6,8 @@ carrying the decoder transformer's KV cache from call to call: the streaming cal
 no state, so its audio drifts from the whole-answer decode, which ours equals). Both sides are timed past the
 sliding window (both attend over a full window), alternating call by call, on the same thread count. Ours is timed
 one frame per call (an answer's first frame) and `frames_per_call` frames per call (an answer's steady state).
+Also timed: our export-time torch module (`MimiStreamStep`, the same maths as the graph in eager torch, carrying
+the same state), the reference of the fidelity suite's Mimi row.
 
 SNR: random codes streamed through the bundle's graph against `MimiModel.decode` of all frames at once in fp32
 (which the fp32 graph equals within 1e-4: tests/test_mimi_decoder.py).
@@ -13,6 +15,7 @@ SNR: random codes streamed through the bundle's graph against `MimiModel.decode`
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,44 +75,63 @@ def audio_snr(decoder, mimi, frames: int = SNR_FRAMES) -> float:
     return snr_db(ref, _stream(decoder, codes, 1)[0])
 
 
-def side_by_side(decoder, mimi, per_call: int = FRAMES_PER_CALL, calls: int = 40) -> dict:
+def side_by_side(decoder, mimi, per_call: int = FRAMES_PER_CALL, calls: int = 40, baseline=None) -> dict:
     """Per-frame medians of our one-frame call, our `per_call`-frame call and transformers' one-frame decode,
-    each of `calls` timings interleaved, after both sides have decoded past the sliding window."""
+    each of `calls` timings interleaved, after both sides have decoded past the sliding window. `baseline`: another
+    decoder of the same weights (an older graph), timed one frame per call in the same rounds."""
     import torch
+    from omni_onnx.export.mimi_decoder import MimiStreamStep
 
     dims = decoder.dims
     per_call = min(per_call, decoder.max_frames)
     warm = dims.kv_window // dims.steps_per_frame + 4
     total = warm + calls * (1 + per_call) + per_call
     codes = np.random.default_rng(1).integers(0, dims.codebook_size, (dims.num_codebooks, total))
-    ours_one, ours_many, theirs = [], [], []
+    step = MimiStreamStep(mimi).eval()
+    names = [t.name for t in decoder.session.spec.inputs]
+    ours_one, ours_many, theirs, base, module = [], [], [], [], []
     with torch.inference_mode():
         cache = None
         for f in range(warm):
             cache = mimi.decode(torch.from_numpy(codes[None, :, f:f + 1]), decoder_cache=cache,
                                 use_cache=True).decoder_cache
         _, state = _stream(decoder, codes[:, :warm], per_call)
+        base_state = None if baseline is None else _stream(baseline, codes[:, :warm], 1)[1]
         f = warm
         for _ in range(calls):
+            feeds = decoder.feeds(codes[:, f:f + 1], state)
+            args = [torch.from_numpy(feeds[n]) for n in names]
             t0 = time.perf_counter()
-            _, state = decoder.decode_frames(codes[:, f:f + 1], state)
+            step(*args)
+            module.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _, state = decoder.advance(state, decoder.session.run(feeds))
             t1 = time.perf_counter()
             _, state = decoder.decode_frames(codes[:, f + 1:f + 1 + per_call], state)
             t2 = time.perf_counter()
             cache = mimi.decode(torch.from_numpy(codes[None, :, f:f + 1]), decoder_cache=cache,
                                 use_cache=True).decoder_cache
             t3 = time.perf_counter()
+            if baseline is not None:
+                _, base_state = baseline.decode_frames(codes[:, f:f + 1], base_state)
+                base.append(time.perf_counter() - t3)
             ours_one.append(t1 - t0)
             ours_many.append((t2 - t1) / per_call)
             theirs.append(t3 - t2)
             f += 1 + per_call
-    one, many, ref = (float(np.median(t)) * 1e3 for t in (ours_one, ours_many, theirs))
-    return {"frames_per_call": per_call, "calls": calls, "ours_one_frame_ms": one, "ours_per_frame_ms": many,
-            "transformers_frame_ms": ref, "ratio_one_frame": one / ref, "ratio_per_frame": many / ref}
+    one, many, ref, mod = (float(np.median(t)) * 1e3 for t in (ours_one, ours_many, theirs, module))
+    out = {"frames_per_call": per_call, "calls": calls, "ours_one_frame_ms": one, "ours_per_frame_ms": many,
+           "transformers_frame_ms": ref, "ratio_one_frame": one / ref, "ratio_per_frame": many / ref,
+           "torch_step_ms": mod, "ratio_torch_step": many / mod, "ratio_torch_step_one_frame": one / mod}
+    if baseline is not None:
+        out["baseline_frame_ms"] = float(np.median(base)) * 1e3
+        out["ratio_baseline"] = out["baseline_frame_ms"] / ref
+    return out
 
 
-def measure(model, mimi, calls: int = 40, per_call: int = FRAMES_PER_CALL) -> dict:
-    """`side_by_side` and `audio_snr` of one bundle's decoder; refuses a `mimi` that is not the bundle's."""
+def measure(model, mimi, calls: int = 40, per_call: int = FRAMES_PER_CALL, baseline=None) -> dict:
+    """`side_by_side` and `audio_snr` of one bundle's decoder (and of `baseline`, as side_by_side's); refuses a
+    `mimi` that is not the bundle's."""
     from omni_onnx.errors import OmniError
 
     if model.mimi is None:
@@ -119,8 +141,11 @@ def measure(model, mimi, calls: int = 40, per_call: int = FRAMES_PER_CALL) -> di
     if snr < 20:
         raise OmniError(f"{model.bundle.root}'s Mimi decoder and the given Mimi weights decode the same codes "
                         f"{snr:.1f} dB apart: pass --mimi, the folder the bundle was exported from")
-    return {"precision": model.bundle.manifest["graphs"]["mimi_decoder"].get("precision", "fp32"), "snr_db": snr,
-            "frame_ms": dims.frame_samples / dims.sample_rate * 1e3, **side_by_side(model.mimi, mimi, per_call, calls)}
+    out = {"precision": model.bundle.manifest["graphs"]["mimi_decoder"].get("precision", "fp32"), "snr_db": snr,
+           "frame_ms": dims.frame_samples / dims.sample_rate * 1e3}
+    if baseline is not None:
+        out["baseline_snr_db"] = audio_snr(baseline, mimi)
+    return {**out, **side_by_side(model.mimi, mimi, per_call, calls, baseline)}
 
 
 def mimi_rows(run: dict, fmt) -> list[str]:
@@ -133,7 +158,10 @@ def mimi_rows(run: dict, fmt) -> list[str]:
             f"per call ({fmt(m['ours_per_frame_ms'])} ms per frame), {fmt(m['ratio_one_frame'])}x one frame per "
             f"call ({fmt(m['ours_one_frame_ms'])} ms) / {fmt(m['transformers_frame_ms'])} ms |",
             f"| Mimi audio SNR, {m['precision']} graph vs fp32 `MimiModel.decode`, {SNR_FRAMES} random-code frames, "
-            f"dB | {fmt(m['snr_db'])} |"]
+            f"dB | {fmt(m['snr_db'])} |",
+            f"| Mimi frame / our torch streaming step (`MimiStreamStep`: the graph's maths in eager torch, same state) "
+            f"| {fmt(m['ratio_torch_step'])}x at {n} frames per call, {fmt(m['ratio_torch_step_one_frame'])}x one "
+            f"frame per call / {fmt(m['torch_step_ms'])} ms |"]
     lat = run.get("latency", {})
     if "loop_step" in lat:
         loop = lat["loop_step"]["median_ms"]
@@ -141,3 +169,46 @@ def mimi_rows(run: dict, fmt) -> list[str]:
                     f"{fmt(m['frame_ms'])} ms of speech | {fmt((loop + m['ours_per_frame_ms']) / m['frame_ms'])} "
                     f"({fmt(loop)} + {fmt(m['ours_per_frame_ms'])} ms) |")
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The Mimi row of one bundle, optionally beside an older graph of the same weights (before/after)."""
+    import argparse
+    import json
+
+    from omni_onnx.contracts import mimi_decoder_spec
+    from omni_onnx.mimi import MimiStreamDecoder
+    from omni_onnx.model import OmniModel
+    from omni_onnx.session import GraphSession, SessionOptions
+
+    p = argparse.ArgumentParser(prog="python -m omni_onnx.bench.mimi_ratio", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--mimi", type=Path, help="the Mimi folder the bundle was exported from (default: a demo's)")
+    p.add_argument("--baseline-graph", type=Path, help="an older mimi_decoder.onnx of the same weights, timed one "
+                   "frame per call beside the bundle's (a version-1 graph, for instance)")
+    p.add_argument("--frames-per-call", type=int, default=FRAMES_PER_CALL)
+    p.add_argument("--calls", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    a = p.parse_args(argv)
+    opts = SessionOptions(threads=a.threads)
+    model = OmniModel.load(a.bundle, opts)
+    mimi = load_reference(model, a.mimi, a.threads)
+    baseline = None
+    if a.baseline_graph is not None:
+        dims = model.mimi.dims
+        baseline = MimiStreamDecoder(GraphSession(a.baseline_graph, mimi_decoder_spec(dims, 1), opts), dims)
+    r = measure(model, mimi, a.calls, a.frames_per_call, baseline)
+    rows = mimi_rows({"mimi": r}, lambda x: f"{x:.4g}" if isinstance(x, float) else str(x))
+    if a.baseline_graph is not None:
+        rows.append(f"| baseline {a.baseline_graph}, one frame per call | {r['ratio_baseline']:.4g}x "
+                    f"({r['baseline_frame_ms']:.4g} ms), SNR {r['baseline_snr_db']:.4g} dB |")
+    print("\n".join(rows))
+    if a.out is not None:
+        from omni_onnx.atomic_file import write_bytes_atomic
+        write_bytes_atomic(a.out, (json.dumps(r, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

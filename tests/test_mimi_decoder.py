@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from omni_onnx.contracts import ContractError, MimiDims, mimi_decoder_spec  # noqa: E402
 from omni_onnx.export.mimi_decoder import ParityError, export, load_mimi, mimi_dims, verify  # noqa: E402
 from omni_onnx.export.random_mimi import write_random_mimi  # noqa: E402
-from omni_onnx.mimi import MimiStreamDecoder  # noqa: E402
+from omni_onnx.mimi import FrameBatcher, MimiStreamDecoder  # noqa: E402
 from omni_onnx.session import GraphSession  # noqa: E402
 
 FRAMES = 20
@@ -120,6 +120,15 @@ def test_several_frames_per_call_equal_the_full_decode(mimi, decoder, codes, siz
         out.append(pcm)
         f, k = f + n, k + 1
     np.testing.assert_allclose(np.concatenate(out), reference(mimi, codes), rtol=0, atol=ATOL)
+
+
+def test_batcher_sends_the_first_frame_alone_then_full_calls(mimi, decoder, codes):
+    batcher = FrameBatcher(decoder, per_call=3)
+    chunks = [pcm for f in range(FRAMES) if (pcm := batcher.push(codes[:, f])) is not None] + [batcher.flush()]
+    assert [len(c) // 1920 for c in chunks] == [1] + [3] * 6 + [1]
+    assert batcher.flush() is None
+    np.testing.assert_allclose(np.concatenate(chunks), reference(mimi, codes), rtol=0, atol=ATOL)
+    assert FrameBatcher(decoder, per_call=9).per_call == 4  # the tiny window's most
 
 
 @pytest.mark.parametrize("n", [0, 5])
