@@ -178,7 +178,9 @@ class MimiStreamStep(nn.Module):
             for sub in layer.block:
                 h = self._layer(sub, h, past, new)
             return self._layer(layer.shortcut, x, past, new) + h
-        return layer(x)  # ELU, Identity
+        if isinstance(layer, nn.ELU) and layer.alpha == 1.0:
+            return _elu(x)
+        return layer(x)  # Identity
 
     @staticmethod
     def _convtr(layer: MimiConvTranspose1d, x, past: Iterator[torch.Tensor], new: list[torch.Tensor]):
@@ -190,6 +192,13 @@ class MimiStreamStep(nn.Module):
         rest = y[..., keep:]
         new.append(rest if layer.conv.bias is None else rest - layer.conv.bias[:, None])  # bias is added once
         return y[..., :keep]
+
+
+def _elu(x: torch.Tensor) -> torch.Tensor:
+    """ELU (alpha 1) as max(x, exp(min(x, 0)) - 1): e^x - 1 >= x everywhere, so this is x above 0 and e^x - 1 below.
+    onnxruntime's Elu kernel is scalar: these four vectorized ops take half its time (full-size frame: 13 ELUs over
+    up to 64 x 1920 values per frame), within 6e-8 of it."""
+    return torch.maximum(x, torch.exp(torch.clamp(x, max=0.0)) - 1.0)
 
 
 def _example_inputs(dims: MimiDims, frames: int, seed: int = 0) -> dict[str, torch.Tensor]:
