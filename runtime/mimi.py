@@ -9,7 +9,7 @@ returned state therefore shares its rings with the one passed in: keep only the 
                                       |-> present_key/value_<i> [1, H, 2F, D] -> written into the rings
                                       '-> present_conv_<j> -> next state's conv states
 
-Several frames per call give the same audio as one at a time (the graph is exact at any F) for less compute per
+Several frames per call give the audio of one at a time (exact at any F, to float rounding) for less compute per
 frame: the convolutions' ~57 MB of weights are read once per call and each node's fixed cost is shared.
 """
 
@@ -78,7 +78,7 @@ class MimiStreamDecoder:
                              f"({d.num_codebooks}, F) with 1 <= F <= {self.max_frames}, "
                              f"got {codes.dtype} {codes.shape}")
         if state.position != state.kv.written:
-            raise RuntimeError("this MimiState was already advanced by decode_frame (its KV rings are shared); "
+            raise RuntimeError("this MimiState was already advanced by decode_frames (its KV rings are shared); "
                                "pass the state returned by the latest call, or start over with initial_state()")
         codes = np.where(codes >= FIRST_ZEROED_CODE, 0, codes).astype(np.int64)
         if codes.min() < 0 or codes.max() >= d.codebook_size:
@@ -123,7 +123,7 @@ STEADY_FRAMES_PER_CALL = 4  # 320 ms of audio per call once an answer has starte
 
 class FrameBatcher:
     """An answer's frames in, its audio out in calls of up to `per_call` frames: the first frame alone (first sound
-    as early as one frame per call gives it), the rest `per_call` at a time. The audio is the same either way; a
+    as early as one frame per call gives it), the rest `per_call` at a time. The audio is the same to float rounding; a
     call of 4 frames costs ~0.7x per frame of 4 calls of one (full-size int8, 2-core AVX2: `omni-bench --suite
     mimi`). While the loop runs faster than real time the later frames are still ahead of playback."""
 
