@@ -352,7 +352,8 @@ def write_results(results: dict, out: Path) -> str:
 def run(a: argparse.Namespace) -> str:
     from omni_onnx.bundle import default_bundle_dir
 
-    default = [s for s in SUITES if s not in ("live", "static", "mimi") and (s != "fidelity" or a.checkpoint is not None)
+    default = [s for s in SUITES if s not in ("live", "static", "mimi")
+               and (s != "fidelity" or a.checkpoint is not None)
                and (s != "floor" or all(installed(m) for m in FLOOR_MODULES))]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
@@ -385,7 +386,8 @@ def run(a: argparse.Namespace) -> str:
         graphs = json.loads((b / "manifest.json").read_text(encoding="utf-8"))["graphs"]
         answers = ({"sensevoice", "mimi_decoder"} <= set(graphs)) + ("campplus" in graphs)  # per question
         total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
-            ("memory" in suites) + ("floor" in suites) + ("mimi" in suites) + questions * answers * ("quality" in suites) + \
+            ("memory" in suites) + ("floor" in suites) + ("mimi" in suites) + \
+            questions * answers * ("quality" in suites) + \
             len(scenarios) * ("live" in suites)
     pair = static_ratio.static_and_dynamic(bundles) if "static" in suites else None
     progress = Progress(total + (pair is not None))

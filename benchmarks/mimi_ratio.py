@@ -4,8 +4,9 @@ weights, side by side in one process, and the audio SNR of the bundle's decoder 
 transformers' one-frame decode is `MimiModel.decode(codes [1, 8, 1], decoder_cache=cache, use_cache=True)`,
 carrying the decoder transformer's KV cache from call to call: the streaming call it offers (its convolutions keep
 no state, so its audio drifts from the whole-answer decode, which ours equals). Both sides are timed past the
-sliding window (both attend over a full window), alternating call by call, on the same thread count. Ours is timed
-one frame per call (an answer's first frame) and `frames_per_call` frames per call (an answer's steady state).
+sliding window (both attend over a full window), one after the other in one process, on the same thread count.
+Ours is timed one frame per call (an answer's first frame) and `frames_per_call` frames per call (an answer's
+steady state).
 Also timed: our export-time torch module (`MimiStreamStep`, the same maths as the graph in eager torch, carrying
 the same state), the reference of the fidelity suite's Mimi row.
 
@@ -75,50 +76,63 @@ def audio_snr(decoder, mimi, frames: int = SNR_FRAMES) -> float:
     return snr_db(ref, _stream(decoder, codes, 1)[0])
 
 
-def side_by_side(decoder, mimi, per_call: int = FRAMES_PER_CALL, calls: int = 40, baseline=None) -> dict:
-    """Per-frame medians of our one-frame call, our `per_call`-frame call and transformers' one-frame decode,
-    each of `calls` timings interleaved, after both sides have decoded past the sliding window. `baseline`: another
-    decoder of the same weights (an older graph), timed one frame per call in the same rounds."""
+def side_by_side(decoder, mimi, per_call: int = FRAMES_PER_CALL, calls: int = 40, baseline=None,
+                 warmup: int = 3) -> dict:
+    """Per-frame medians of our one-frame call, our `per_call`-frame call, transformers' one-frame decode and our
+    torch step, after every side has decoded past the sliding window. Timed in one process but side after side
+    (`warmup` untimed calls each): after a call, torch's and onnxruntime's idle threads spin for a while and slow
+    whatever the other runtime runs next, so alternating call by call measured each side's neighbour. `baseline`:
+    another decoder of the same weights (an older graph), timed one frame per call."""
     import torch
     from omni_onnx.export.mimi_decoder import MimiStreamStep
 
     dims = decoder.dims
     per_call = min(per_call, decoder.max_frames)
     warm = dims.kv_window // dims.steps_per_frame + 4
-    total = warm + calls * (1 + per_call) + per_call
-    codes = np.random.default_rng(1).integers(0, dims.codebook_size, (dims.num_codebooks, total))
+    n = warmup + calls
+    codes = np.random.default_rng(1).integers(0, dims.codebook_size, (dims.num_codebooks, warm + n * (1 + per_call)))
     step = MimiStreamStep(mimi).eval()
     names = [t.name for t in decoder.session.spec.inputs]
-    ours_one, ours_many, theirs, base, module = [], [], [], [], []
+
+    def timed(fn) -> list[float]:
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            fn(i)
+            out.append(time.perf_counter() - t0)
+        return out[warmup:]
+
+    def ours(dec, sizes: tuple[int, ...]) -> list[list[float]]:
+        """`dec` past the window, then per round one call of each size in `sizes`: times per size."""
+        state = _stream(dec, codes[:, :warm], 1)[1]
+        times: list[list[float]] = [[] for _ in sizes]
+        f = warm
+        for i in range(n):
+            for k, size in enumerate(sizes):
+                t0 = time.perf_counter()
+                _, state = dec.decode_frames(codes[:, f:f + size], state)
+                times[k].append((time.perf_counter() - t0) / size)
+                f += size
+        return [t[warmup:] for t in times]
+
     with torch.inference_mode():
+        ours_one, ours_many = ours(decoder, (1, per_call))
+        base = ours(baseline, (1,))[0] if baseline is not None else []
+        state = _stream(decoder, codes[:, :warm], 1)[1]
+        feeds = decoder.feeds(codes[:, warm:warm + 1], state)
+        args = [torch.from_numpy(feeds[name]) for name in names]
+        module = timed(lambda i: step(*args))
         cache = None
         for f in range(warm):
             cache = mimi.decode(torch.from_numpy(codes[None, :, f:f + 1]), decoder_cache=cache,
                                 use_cache=True).decoder_cache
-        _, state = _stream(decoder, codes[:, :warm], per_call)
-        base_state = None if baseline is None else _stream(baseline, codes[:, :warm], 1)[1]
-        f = warm
-        for _ in range(calls):
-            feeds = decoder.feeds(codes[:, f:f + 1], state)
-            args = [torch.from_numpy(feeds[n]) for n in names]
+        theirs = []
+        for i in range(n):
             t0 = time.perf_counter()
-            step(*args)
-            module.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            _, state = decoder.advance(state, decoder.session.run(feeds))
-            t1 = time.perf_counter()
-            _, state = decoder.decode_frames(codes[:, f + 1:f + 1 + per_call], state)
-            t2 = time.perf_counter()
-            cache = mimi.decode(torch.from_numpy(codes[None, :, f:f + 1]), decoder_cache=cache,
+            cache = mimi.decode(torch.from_numpy(codes[None, :, warm + i:warm + i + 1]), decoder_cache=cache,
                                 use_cache=True).decoder_cache
-            t3 = time.perf_counter()
-            if baseline is not None:
-                _, base_state = baseline.decode_frames(codes[:, f:f + 1], base_state)
-                base.append(time.perf_counter() - t3)
-            ours_one.append(t1 - t0)
-            ours_many.append((t2 - t1) / per_call)
-            theirs.append(t3 - t2)
-            f += 1 + per_call
+            theirs.append(time.perf_counter() - t0)
+        theirs = theirs[warmup:]
     one, many, ref, mod = (float(np.median(t)) * 1e3 for t in (ours_one, ours_many, theirs, module))
     out = {"frames_per_call": per_call, "calls": calls, "ours_one_frame_ms": one, "ours_per_frame_ms": many,
            "transformers_frame_ms": ref, "ratio_one_frame": one / ref, "ratio_per_frame": many / ref,
@@ -154,7 +168,7 @@ def mimi_rows(run: dict, fmt) -> list[str]:
     m = run["mimi"]
     n = m["frames_per_call"]
     rows = [f"| Mimi frame / transformers' one-frame decode (`MimiModel.decode` of codes [1,8,1] carrying its "
-            f"decoder_cache; same weights, same threads, interleaved) | {fmt(m['ratio_per_frame'])}x at {n} frames "
+            f"decoder_cache; same weights, same threads, one process) | {fmt(m['ratio_per_frame'])}x at {n} frames "
             f"per call ({fmt(m['ours_per_frame_ms'])} ms per frame), {fmt(m['ratio_one_frame'])}x one frame per "
             f"call ({fmt(m['ours_one_frame_ms'])} ms) / {fmt(m['transformers_frame_ms'])} ms |",
             f"| Mimi audio SNR, {m['precision']} graph vs fp32 `MimiModel.decode`, {SNR_FRAMES} random-code frames, "

@@ -111,8 +111,8 @@ def profile_mimi(bundle: Path, frames_per_call: int, calls: int, threads: int) -
         for _ in range(WARMUP + calls):
             sess.run(None, feeds)
         events = json.loads(Path(sess.end_profiling()).read_text(encoding="utf-8"))
-    return {"bundle": str(bundle), "precision": model.bundle.manifest["graphs"]["mimi_decoder"].get("precision", "fp32"),
-            "what": f"Mimi decoder call of {frames_per_call} frame(s)", "frames_per_call": frames_per_call,
+    precision = model.bundle.manifest["graphs"]["mimi_decoder"].get("precision", "fp32")
+    return {"bundle": str(bundle), "precision": precision, "what": f"Mimi decoder call of {frames_per_call} frame(s)", "frames_per_call": frames_per_call,
             "steps": calls, "threads": threads, "graphs": {"mimi_decoder": per_op_type(events, calls)}}
 
 
