@@ -11,7 +11,9 @@ export extra and the sources the bundle was exported from (--checkpoint, and --m
 graphs). It is in the default suites when --checkpoint is given. The floor suite (each bundle's step against its
 weight-streaming floor; a MoE bundle's step against a dense one's of the same precision) needs torch and onnx, and is
 in the default suites when they are installed. The live suite runs in real time (minutes per bundle)
-on a sound server it starts itself (needs `pulseaudio`), so it runs only when named.
+on a sound server it starts itself (needs `pulseaudio`), so it runs only when named. The mimi suite (each bundle's
+Mimi frame against transformers' streaming decode on the same weights, and its audio SNR against fp32) needs the
+export extra and --mimi (a demo bundle's Mimi is re-drawn from its seed), so it runs only when named.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from omni_onnx import __version__
 from omni_onnx.errors import OmniError
 from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, installed, require
 
-from . import floor, live, plots, quality, static_ratio
+from . import floor, live, mimi_ratio, plots, quality, static_ratio
 from .live_server import require_tools
 from .machine import describe
 
 FLOOR_MODULES = ("torch", "onnx")  # the floor suite's bandwidth probe and weight count
-SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live", "static")
+SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live", "static", "mimi")
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,9 @@ class Progress:
 
 
 def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, progress: Progress,
-               reference=None, voice: str | None = None, live_plan=None) -> dict:
+               reference=None, voice: str | None = None, live_plan=None, mimi_folder: Path | None = None) -> dict:
     """Every requested suite on one bundle; `reference` is the fidelity suite's `TorchReference`, `live_plan` the
-    live suite's `LivePlan`."""
+    live suite's `LivePlan`, `mimi_folder` the mimi suite's Mimi weights (None: a demo bundle's)."""
     from omni_onnx.model import OmniModel
     from omni_onnx.session import SessionOptions
 
@@ -101,6 +103,10 @@ def run_bundle(root: Path, suites: tuple[str, ...], plan: Plan, threads: int, pr
         out["latency"] = latency.bench_bundle(model, plan.contexts, plan.steps, plan.max_new_tokens, progress)
     if "floor" in suites:
         out["floor"] = floor.step_floor(model, plan.steps, threads)
+        progress()
+    if "mimi" in suites:
+        mimi = mimi_ratio.load_reference(model, mimi_folder, threads)
+        out["mimi"] = mimi_ratio.measure(model, mimi, calls=plan.steps)
         progress()
     if "memory" in suites:
         out["memory"] = memory.measure(root, plan.max_new_tokens, threads)
@@ -248,6 +254,8 @@ def markdown(results: dict) -> str:
             lines += latency_rows(r["latency"])
         if "floor" in r:
             lines += floor.floor_rows(r, fmt)
+        if "mimi" in r:
+            lines += mimi_ratio.mimi_rows(r, fmt)
         if "memory" in r:
             mem = r["memory"]
             lines += [f"| bundle on disk, MB | {fmt(mem['bundle_mb'])} |",
@@ -298,14 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--bundle", type=Path, action="append", help="a bundle to measure (repeatable; default: the "
                    "omni-export cache location)")
-    p.add_argument("--suite", help=f"comma-separated, of: {', '.join(SUITES)} (default: all but live and static; "
+    p.add_argument("--suite", help=f"comma-separated, of: {', '.join(SUITES)} (default: all but live, static, mimi; "
                    "fidelity only with --checkpoint; static: a static bundle against a dynamic one, both --bundle)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, seconds on a tiny bundle)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/omni-bench"),
                    help="folder for results.json, results.md and the plots (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, help="fidelity: the .pth the bundles were exported from")
-    p.add_argument("--mimi", type=Path, help="fidelity: the Mimi folder the bundles were exported from")
+    p.add_argument("--mimi", type=Path, help="fidelity, mimi: the Mimi folder the bundles were exported from")
     p.add_argument("--sensevoice", type=Path, help="fidelity: the SenseVoiceSmall folder")
     p.add_argument("--siglip", type=Path, help="fidelity: the SigLIP folder")
     p.add_argument("--voice", help="quality: the voice cloned for the similarity figure (default: the first)")
@@ -344,7 +352,8 @@ def write_results(results: dict, out: Path) -> str:
 def run(a: argparse.Namespace) -> str:
     from omni_onnx.bundle import default_bundle_dir
 
-    default = [s for s in SUITES if s not in ("live", "static") and (s != "fidelity" or a.checkpoint is not None)
+    default = [s for s in SUITES if s not in ("live", "static", "mimi")
+               and (s != "fidelity" or a.checkpoint is not None)
                and (s != "floor" or all(installed(m) for m in FLOOR_MODULES))]
     suites = tuple(s.strip() for s in (a.suite or ",".join(default)).split(",") if s.strip())
     unknown = sorted(set(suites) - set(SUITES))
@@ -352,6 +361,8 @@ def run(a: argparse.Namespace) -> str:
         raise OmniError(f"unknown suite(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SUITES)}")
     if "floor" in suites:
         require("omni-bench --suite floor", FLOOR_MODULES, f"{EXPORT_INSTALL}, or leave floor out of --suite")
+    if "mimi" in suites:
+        require("omni-bench --suite mimi", EXPORT_MODULES, f"{EXPORT_INSTALL}, or leave mimi out of --suite")
     if "quality" in suites:
         require("omni-bench --suite quality", ("jiwer",), f"{BENCH_INSTALL}, or leave quality out of --suite")
     bundles = a.bundle or [default_bundle_dir()]
@@ -375,12 +386,14 @@ def run(a: argparse.Namespace) -> str:
         graphs = json.loads((b / "manifest.json").read_text(encoding="utf-8"))["graphs"]
         answers = ({"sensevoice", "mimi_decoder"} <= set(graphs)) + ("campplus" in graphs)  # per question
         total += (len(plan.contexts) + 1) * (("latency" in suites) + ("fidelity" in suites)) + \
-            ("memory" in suites) + ("floor" in suites) + questions * answers * ("quality" in suites) + \
+            ("memory" in suites) + ("floor" in suites) + ("mimi" in suites) + \
+            questions * answers * ("quality" in suites) + \
             len(scenarios) * ("live" in suites)
     pair = static_ratio.static_and_dynamic(bundles) if "static" in suites else None
     progress = Progress(total + (pair is not None))
     try:
-        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan) for b in bundles]
+        runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan, a.mimi)
+                for b in bundles]
         side = None
         if pair is not None:
             side = static_ratio.measure(*pair, a.threads, plan.steps)

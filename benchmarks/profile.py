@@ -1,6 +1,7 @@
 """Where a decode step's time goes: onnxruntime's profile of the Thinker and Talker step, summed per operator type.
 
     python -m omni_onnx.bench.profile --bundle B [--context 64] [--steps 50] [--out profile.json]
+    python -m omni_onnx.bench.profile --bundle B --graph mimi_decoder [--frames-per-call 4]   # a Mimi call
 
 The step's weight-streaming floor says how fast it could be; this says what the rest is: kernel time per operator
 type per step (the int8 MatMuls, the ops that quantize their inputs, attention's small ops), how many nodes run,
@@ -81,7 +82,38 @@ def profile_step(bundle: Path, context: int, steps: int, threads: int) -> dict:
             events = json.loads(Path(getattr(model, name).sess.end_profiling()).read_text(encoding="utf-8"))
             out[name] = per_op_type(events, steps)
     return {"bundle": str(bundle), "precision": model.bundle.manifest["graphs"]["thinker"].get("precision", "fp32"),
-            "context": context, "steps": steps, "threads": threads, "graphs": out}
+            "what": f"decode step at context {context}", "context": context, "steps": steps, "threads": threads,
+            "graphs": out}
+
+
+def profile_mimi(bundle: Path, frames_per_call: int, calls: int, threads: int) -> dict:
+    """Profile `calls` Mimi decoder calls of `frames_per_call` frames each, past the sliding window (the same
+    call again and again, as the mimi suite's steady state)."""
+    import numpy as np
+    from omni_onnx.model import OmniModel
+    from omni_onnx.session import SessionOptions
+
+    model = OmniModel.load(bundle, SessionOptions(threads=threads))
+    decoder = model.mimi
+    if decoder is None:
+        raise ValueError(f"{bundle} has no Mimi decoder")
+    if not 1 <= frames_per_call <= decoder.max_frames:
+        raise ValueError(f"--frames-per-call must be 1 to {decoder.max_frames} for this bundle's decoder")
+    dims = decoder.dims
+    warm = dims.kv_window // dims.steps_per_frame + 4
+    codes = np.random.default_rng(0).integers(0, dims.codebook_size, (dims.num_codebooks, warm + frames_per_call))
+    state = decoder.initial_state()
+    for f in range(warm):
+        _, state = decoder.decode_frame(codes[:, f], state)
+    feeds = decoder.feeds(codes[:, warm:], state)
+    with tempfile.TemporaryDirectory(prefix="omni-profile-") as tmp:
+        sess = profiling_session(model.bundle.graph_path("mimi_decoder"), threads, Path(tmp) / "mimi_decoder")
+        for _ in range(WARMUP + calls):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text(encoding="utf-8"))
+    precision = model.bundle.manifest["graphs"]["mimi_decoder"].get("precision", "fp32")
+    return {"bundle": str(bundle), "precision": precision, "what": f"Mimi decoder call of {frames_per_call} frame(s)", "frames_per_call": frames_per_call,
+            "steps": calls, "threads": threads, "graphs": {"mimi_decoder": per_op_type(events, calls)}}
 
 
 def _one_row_matmuls(path: Path, k: int, n: int, copies: int, seed: int = 0) -> None:
@@ -147,11 +179,11 @@ def kernel_rates(threads: int, k: int = 768, n: int = 4864, dram_copies: int = 2
 
 
 def markdown(res: dict) -> str:
-    lines = [f"{res['bundle']} ({res['precision']}), decode step at context {res['context']}, "
-             f"{res['steps']} steps, {res['threads']} threads (profiler on)", ""]
+    lines = [f"{res['bundle']} ({res['precision']}), {res['what']}, {res['steps']} runs, {res['threads']} threads "
+             f"(profiler on)", ""]
     for name, g in res["graphs"].items():
         lines += [f"{name}: run {g['run_ms']:.3f} ms = kernels {g['kernel_ms']:.3f} ms in {g['nodes']} nodes + "
-                  f"{g['outside_kernels_ms']:.3f} ms outside them", "", "| op type | ms / step | nodes | share |",
+                  f"{g['outside_kernels_ms']:.3f} ms outside them", "", "| op type | ms / run | nodes | share |",
                   "|---|---|---|---|"]
         lines += [f"| {op}{' (its branches included)' if op in CONTROL_FLOW else ''} | {v['ms']:.3f} | {v['nodes']} | "
                   f"{v['ms'] / g['run_ms']:.1%} |" for op, v in g["ops"].items()]
@@ -172,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--context", type=int, default=64, help="cached positions before the step (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=50, help="profiled steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=50, help="profiled steps or calls (default: %(default)s)")
+    p.add_argument("--graph", choices=("step", "mimi_decoder"), default="step",
+                   help="the Thinker+Talker decode step, or a Mimi decoder call (default: %(default)s)")
+    p.add_argument("--frames-per-call", type=int, default=1, help="mimi_decoder: frames per call (default: "
+                   "%(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kernels", action="store_true", help="also the one-row MatMul kernels' weight read rates "
                    "(fp32 / int8 / int4, weights in cache and from DRAM) against the read bandwidth")
@@ -185,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profile: error: {a.bundle} is not a bundle (no manifest.json); pass --bundle DIR", file=sys.stderr)
         return 1
     try:
-        res = profile_step(a.bundle, a.context, a.steps, a.threads)
+        res = (profile_step(a.bundle, a.context, a.steps, a.threads) if a.graph == "step" else
+               profile_mimi(a.bundle, a.frames_per_call, a.steps, a.threads))
     except ValueError as e:
         print(f"profile: error: {e}", file=sys.stderr)
         return 1

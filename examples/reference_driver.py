@@ -31,6 +31,9 @@ VOICE_SYSTEM_PROMPT = "你是一个专业的语音助手，请用给定的音色
 TEXT_TEMPERATURE, TEXT_TOP_P = 0.7, 0.85
 AUDIO_TEMPERATURE, AUDIO_TOP_K, AUDIO_PENALTY, AUDIO_PENALTY_WINDOW = 0.2, 50, 1.05, 3
 
+# Section 8: frames per Mimi call after an answer's first (at most kv_window / steps_per_frame).
+FRAMES_PER_CALL = 4
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Section 1: the bundle
@@ -282,15 +285,16 @@ class MimiStream:
         self.convs = [np.zeros((1, c, k), np.float32) for c, k in dims["conv_states"]]
         self.position = 0
 
-    def decode(self, frame: list[int]) -> np.ndarray:
-        codes = np.array([0 if c >= 2049 else c for c in frame], np.int64)  # pad/stop/speaker codes decode as 0
-        feeds = {"codes": codes.reshape(1, len(frame), 1), "position": np.array([self.position], np.int64)}
+    def decode(self, frames: list[list[int]]) -> np.ndarray:
+        """F consecutive frames in one call -> F x frame_samples of audio."""
+        codes = np.array([[0 if c >= 2049 else c for c in frame] for frame in frames], np.int64).T  # [8, F]
+        feeds = {"codes": codes[None], "position": np.array([self.position], np.int64)}
         for i in range(self.dims["num_layers"]):
             feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = self.keys[i], self.values[i]
         for j, conv in enumerate(self.convs):
             feeds[f"past_conv_{j}"] = conv
         out = self.graph.run(feeds)
-        steps = self.dims["steps_per_frame"]
+        steps = self.dims["steps_per_frame"] * len(frames)
         slots = [(self.position + t) % self.dims["kv_window"] for t in range(steps)]
         for i in range(self.dims["num_layers"]):
             self.keys[i][:, :, slots] = out[f"present_key_{i}"]
@@ -298,6 +302,23 @@ class MimiStream:
         self.convs = [out[f"present_conv_{j}"] for j in range(len(self.convs))]
         self.position += steps
         return out["audio"].reshape(-1)
+
+
+class FrameBatcher:
+    """The answer's first frame alone, then FRAMES_PER_CALL frames per call, the rest when the answer ends
+    (section 8: omni-run's calls, so its bytes)."""
+
+    def __init__(self, mimi: MimiStream):
+        self.mimi, self.pending = mimi, []
+        self.per_call = min(FRAMES_PER_CALL, mimi.dims["kv_window"] // mimi.dims["steps_per_frame"])
+
+    def push(self, frame: list[int]) -> np.ndarray | None:
+        self.pending.append(frame)
+        return self.flush() if len(self.pending) == (1 if self.mimi.position == 0 else self.per_call) else None
+
+    def flush(self) -> np.ndarray | None:
+        frames, self.pending = self.pending, []
+        return self.mimi.decode(frames) if frames else None
 
 
 def pcm16(audio: np.ndarray) -> bytes:
@@ -360,13 +381,17 @@ def main(argv: list[str] | None = None) -> int:
         wav.setsampwidth(2)
         wav.setframerate(bundle.mimi_dims["sample_rate"])
 
+    batcher = FrameBatcher(mimi) if mimi is not None else None
+
     def on_frame(frame: list[int]) -> None:
-        if mimi is not None:
-            wav.writeframes(pcm16(mimi.decode(frame)))
+        if batcher is not None and (pcm := batcher.push(frame)) is not None:
+            wav.writeframes(pcm16(pcm))
 
     trace = [] if args.trace else None
     try:
         result = generate(model, prompt_ids, prompt_codes, args.max_new_tokens, rng, on_frame, trace)
+        if batcher is not None and (pcm := batcher.flush()) is not None:
+            wav.writeframes(pcm16(pcm))
     finally:
         if wav is not None:
             wav.close()

@@ -115,16 +115,18 @@ def add_static_llm(parts: BundleParts, model, shape: StaticShape, t0: float) -> 
     parts.sections["static"] = shape.to_dict()
 
 
-def add_mimi(parts: BundleParts, folder: Path, t0: float) -> None:
+def add_mimi(parts: BundleParts, folder: Path, t0: float, static: bool) -> None:
+    """The streaming decoder: any number of frames per call, one in a static bundle (no symbolic dimension)."""
     from omni_onnx.contracts import mimi_decoder_spec
 
     from . import mimi_decoder
     mimi = mimi_decoder.load_mimi(folder)
     dims = mimi_decoder.mimi_dims(mimi)
-    path = mimi_decoder.export(mimi, parts.work / "mimi_decoder.onnx")
+    per_call = 1 if static else None
+    path = mimi_decoder.export(mimi, parts.work / "mimi_decoder.onnx", per_call)
     if parts.verify:
-        mimi_decoder.verify(mimi, path)
-    parts.add("mimi_decoder", path, mimi_decoder_spec(dims), t0)
+        mimi_decoder.verify(mimi, path, frames_per_call=per_call)
+    parts.add("mimi_decoder", path, mimi_decoder_spec(dims, per_call), t0)
     parts.sections["mimi"] = dims.to_dict()
 
 
@@ -245,7 +247,7 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True, static: Stat
         else:
             add_static_llm(parts, model, static, t0)
         if sources.mimi is not None:
-            add_mimi(parts, sources.mimi, t0)
+            add_mimi(parts, sources.mimi, t0, static is not None)
         if sources.siglip is not None:
             add_vision(parts, sources.siglip, model, t0)
         if sources.sensevoice is not None:

@@ -50,7 +50,8 @@ def expected_specs(cfg: ModelConfig, manifest: dict[str, Any]) -> dict[str, Grap
     if manifest.get("static") is not None:  # fixed-shape Thinker/Talker (omni-export --static)
         specs = StaticShape.from_dict(manifest["static"]).specs(cfg)
     if manifest.get("mimi") is not None:
-        specs["mimi_decoder"] = mimi_decoder_spec(MimiDims.from_dict(manifest["mimi"]))
+        specs["mimi_decoder"] = mimi_decoder_spec(MimiDims.from_dict(manifest["mimi"]),
+                                                  None if manifest.get("static") is None else 1)
     if manifest.get("vision") is not None:
         specs["vision"] = vision_spec(cfg, int(manifest["vision"]["image_size"]))
     if manifest.get("speech") is not None:

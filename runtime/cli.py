@@ -21,6 +21,7 @@ from .cli_support import (TERMINATED_EXIT, HelpFormatter, OneLineErrorParser, Te
 from .dump import CodeDump
 from .errors import OmniError
 from .generate import GenerationOptions
+from .mimi import STEADY_FRAMES_PER_CALL
 from .model import DEFAULT_CONTEXT, AudioChunk, Conversation, OmniModel, TextDelta, Transcript
 from .sampling import TextSampling
 from .live.cli import add_arguments as add_live_arguments
@@ -94,7 +95,7 @@ def run_turn(conv: Conversation, text: str | None, args: argparse.Namespace, opt
     record = CodeDump([]) if args.dump_codes else None
     sinks = AudioSinks(out, player, conv.model.sample_rate)
     events = conv.respond(text, opts, rng, decode_audio=out is not None or player is not None, record=record,
-                          images=images, audio=audio)
+                          images=images, audio=audio, mimi_frames_per_call=STEADY_FRAMES_PER_CALL)
     reason = "stopped"
     try:
         for ev in events:

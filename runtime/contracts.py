@@ -145,9 +145,6 @@ class MimiDims:
     def kv_shape(self) -> tuple[int, int, int, int]:
         return (1, self.num_heads, self.kv_window, self.head_dim)
 
-    @property
-    def new_kv_shape(self) -> tuple[int, int, int, int]:
-        return (1, self.num_heads, self.steps_per_frame, self.head_dim)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,32 +161,37 @@ class MimiDims:
         return cls(**{**d, "conv_states": tuple((int(c), int(n)) for c, n in d["conv_states"])})
 
 
-def mimi_decoder_spec(dims: MimiDims) -> GraphSpec:
-    """One Mimi code frame -> `frame_samples` of 24 kHz audio, all state explicit and fixed-size.
+def mimi_decoder_spec(dims: MimiDims, frames: int | None = None) -> GraphSpec:
+    """`frames` consecutive Mimi code frames -> `frames` x `frame_samples` of 24 kHz audio, all state explicit and
+    fixed-size; any number of frames per call gives the audio of one frame per call. `frames`: None leaves it
+    symbolic (1 to kv_window / steps_per_frame per call; the weights are read once per call); a static bundle,
+    whose graphs have no symbolic dimension, fixes it at 1.
 
-    `position` is the transformer position of the frame's first step (steps_per_frame x frames decoded so far);
+    `position` is the transformer position of the call's first step (steps_per_frame x frames decoded so far);
     ring slot s of `past_key_<i>`/`past_value_<i>` holds the latest earlier position p with p % kv_window == s
-    (empty while p < 0). The graph returns only the new entries (`present_key_<i>`: one per step); the runtime
-    writes them into the ring at (position + t) % kv_window. Conv states are replaced whole (`present_conv_<j>`).
+    (empty while p < 0). The graph returns only the new entries (`present_key_<i>`: one per step, `seq` =
+    steps_per_frame x frames); the runtime writes them into the ring at (position + t) % kv_window. Conv states
+    are replaced whole (`present_conv_<j>`). Version 2: `frames` was fixed at 1 in version 1.
     """
     kv: list[TensorSpec] = []
     new_kv: list[TensorSpec] = []
+    steps = "seq" if frames is None else frames * dims.steps_per_frame
     for i in range(dims.num_layers):
         for kind in ("key", "value"):
             kv.append(TensorSpec(f"past_{kind}_{i}", "float32", dims.kv_shape))
-            new_kv.append(TensorSpec(f"present_{kind}_{i}", "float32", dims.new_kv_shape))
+            new_kv.append(TensorSpec(f"present_{kind}_{i}", "float32", (1, dims.num_heads, steps, dims.head_dim)))
     conv = [(f"conv_{j}", (1, c, n)) for j, (c, n) in enumerate(dims.conv_states)]
     return GraphSpec(
         graph="mimi_decoder",
-        version=1,
+        version=2,
         inputs=(
-            TensorSpec("codes", "int64", (1, dims.num_codebooks, 1)),
+            TensorSpec("codes", "int64", (1, dims.num_codebooks, "frames" if frames is None else frames)),
             TensorSpec("position", "int64", (1,)),
             *kv,
             *(TensorSpec("past_" + n, "float32", s) for n, s in conv),
         ),
         outputs=(
-            TensorSpec("audio", "float32", (1, 1, dims.frame_samples)),
+            TensorSpec("audio", "float32", (1, 1, "samples" if frames is None else frames * dims.frame_samples)),
             *new_kv,
             *(TensorSpec("present_" + n, "float32", s) for n, s in conv),
         ),

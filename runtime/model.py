@@ -18,6 +18,7 @@ from .errors import OmniError
 from .generate import ContextFull, GenerationOptions, KVCache, ModelState, Speaker, Stepper, generate
 from .image import PREPROCESSOR_FILE, ImagePreprocessor, open_rgb, preprocess_image
 from .inject import IMAGE_PAD, prompt_features, user_content
+from .mimi import FrameBatcher
 from .prompt import VOICE_SYSTEM_PROMPT, Message, TextTokenizer
 from .session import GraphSession, SessionOptions
 from .static_step import BufferCache, StaticStepper
@@ -147,7 +148,7 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class AudioChunk:
-    pcm: np.ndarray  # float32 [frame_samples] at 24 kHz
+    pcm: np.ndarray  # float32 [k x frame_samples] at 24 kHz: k frames (1 unless respond's mimi_frames_per_call > 1)
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,11 @@ class Conversation:
 
     def respond(self, user_text: str | None, opts: GenerationOptions, rng: np.random.Generator | None = None,
                 decode_audio: bool = True, record: CodeDump | None = None,
-                images: tuple[Path, ...] = (), audio: Path | np.ndarray | None = None
-                ) -> Iterator[Transcript | TextDelta | AudioChunk | AudioEnd | TurnEnd]:
+                images: tuple[Path, ...] = (), audio: Path | np.ndarray | None = None,
+                mimi_frames_per_call: int = 1) -> Iterator[Transcript | TextDelta | AudioChunk | AudioEnd | TurnEnd]:
         """Stream one answer: text deltas as tokens arrive, a 1920-sample chunk per frame. Work happens on iteration.
+        `mimi_frames_per_call` > 1: after the first frame, audio comes in chunks of that many frames (less compute
+        per frame, the same samples; mimi.FrameBatcher).
 
         `audio` (a spoken question) gets one `<|audio_pad|>` per encoder frame after the text, and `images` their 64
         `<|image_pad|>` each after that, as upstream's eval prompts. The history keeps plain text (upstream's demos
@@ -220,29 +223,36 @@ class Conversation:
             raise OmniError(self._context_full_message(len(ids)))
         if record is not None:
             record.prompt_ids[:] = ids
-        mimi_state = self.model.mimi.initial_state() if decode_audio else None
+        frames = FrameBatcher(self.model.mimi, mimi_frames_per_call) if decode_audio else None
         text_ids: list[int] = []
         shown, steps = "", 0
         tok = self.model.tokenizer
         try:
-            for step in generate(self.stepper, ids, self.speaker, opts, rng, record, features):
-                steps += 1
-                if step.token is not None and step.token != self.model.config.eos_token_id:
-                    text_ids.append(step.token)
-                    text = tok.decode(text_ids)
-                    if not text.endswith("\ufffd") and len(text) > len(shown):
-                        yield TextDelta(text[len(shown):])
-                        shown = text
-                if step.frame is not None and mimi_state is not None:
-                    pcm, mimi_state = self.model.mimi.decode_frame(step.frame, mimi_state)
-                    yield AudioChunk(pcm)
-                elif step.audio_ended and mimi_state is not None:
-                    mimi_state = None
-                    yield AudioEnd()
-            # the loop only stops before max_new_tokens when text and all codebooks have finished
-            reason = "eos" if steps < opts.max_new_tokens else "length"
-        except ContextFull:
-            reason = "context"
+            try:
+                for step in generate(self.stepper, ids, self.speaker, opts, rng, record, features):
+                    steps += 1
+                    if step.token is not None and step.token != self.model.config.eos_token_id:
+                        text_ids.append(step.token)
+                        text = tok.decode(text_ids)
+                        if not text.endswith("\ufffd") and len(text) > len(shown):
+                            yield TextDelta(text[len(shown):])
+                            shown = text
+                    if step.frame is not None and frames is not None:
+                        pcm = frames.push(step.frame)
+                        if pcm is not None:
+                            yield AudioChunk(pcm)
+                    elif step.audio_ended and frames is not None:
+                        pcm, frames = frames.flush(), None
+                        if pcm is not None:
+                            yield AudioChunk(pcm)
+                        yield AudioEnd()
+                # the loop only stops before max_new_tokens when text and all codebooks have finished
+                reason = "eos" if steps < opts.max_new_tokens else "length"
+            except ContextFull:
+                reason = "context"
+            pcm = frames.flush() if frames is not None else None  # frames held for a fuller call
+            if pcm is not None:
+                yield AudioChunk(pcm)
         except GeneratorExit:  # closed early (barge-in): the turn enters the history as far as it was generated
             self._commit(user_text, heard, content, tok.decode(text_ids))
             raise

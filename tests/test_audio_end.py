@@ -14,8 +14,8 @@ from omni_onnx.generate import GenerationOptions
 from omni_onnx.model import AudioChunk, AudioEnd, Conversation, OmniModel, TextDelta
 
 
-@pytest.mark.parametrize("k", [1, 5])
-def test_audio_end_follows_the_last_frame_and_text_goes_on(tiny_bundle, monkeypatch, k):
+@pytest.mark.parametrize("k, per_call", [(1, 1), (5, 1), (6, 4)])
+def test_audio_end_follows_the_last_frame_and_text_goes_on(tiny_bundle, monkeypatch, k, per_call):
     append = codes.AudioCodeRing.append
     drawn = {"codebook0": 0}
 
@@ -29,9 +29,10 @@ def test_audio_end_follows_the_last_frame_and_text_goes_on(tiny_bundle, monkeypa
 
     monkeypatch.setattr(codes.AudioCodeRing, "append", stop_codebook0_at_k)
     events = list(Conversation(OmniModel.load(tiny_bundle)).respond(
-        "Why is the sky blue?", GenerationOptions(max_new_tokens=40), np.random.default_rng(0)))
+        "Why is the sky blue?", GenerationOptions(max_new_tokens=40), np.random.default_rng(0),
+        mimi_frames_per_call=per_call))
     kinds = [type(e) for e in events]
-    assert kinds.count(AudioChunk) == k and kinds.count(AudioEnd) == 1
+    assert sum(len(e.pcm) for e in events if isinstance(e, AudioChunk)) == k * 1920 and kinds.count(AudioEnd) == 1
     end = kinds.index(AudioEnd)
     assert max(i for i, t in enumerate(kinds) if t is AudioChunk) < end
     assert TextDelta in kinds[end:]  # the text went on

@@ -287,3 +287,47 @@ def test_static_suite_times_a_static_bundle_against_a_dynamic_one(tiny_static_bu
     assert "Thinker+Talker decode step, context 64" in (out / "results.md").read_text(encoding="utf-8")
     assert main(["--bundle", str(lively_bundle), "--suite", "static", "--quick", "--out", str(out)]) == 1
     assert "a static bundle with a dynamic one" in capsys.readouterr().err
+
+
+def test_mimi_suite_against_transformers(tiny_bundle, tiny_mimi, tmp_path):
+    """`--suite mimi`: our frame and transformers' streaming one-frame decode side by side on the bundle's weights;
+    the fp32 bundle's audio SNR against transformers' whole decode is that of a float32 rounding, not of a drift."""
+    out = tmp_path / "r"
+    assert main(["--bundle", str(tiny_bundle), "--suite", "mimi", "--quick", "--mimi", str(tiny_mimi),
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "results.json").read_text(encoding="utf-8"))["bundles"][0]["mimi"]
+    assert m["precision"] == "fp32" and m["snr_db"] > 80 and m["frames_per_call"] == 4  # the tiny window's most
+    assert m["ratio_per_frame"] == m["ours_per_frame_ms"] / m["transformers_frame_ms"] > 0
+    assert "transformers' one-frame decode" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_mimi_suite_refuses_other_weights(tiny_bundle, tmp_path, capsys):
+    from omni_onnx.export.random_mimi import write_random_mimi
+    other = write_random_mimi(tmp_path / "other", "tiny", seed=1)
+    assert main(["--bundle", str(tiny_bundle), "--suite", "mimi", "--quick", "--mimi", str(other),
+                 "--out", str(tmp_path / "r")]) == 1
+    assert "dB apart: pass --mimi" in capsys.readouterr().err
+    assert main(["--bundle", str(tiny_bundle), "--suite", "mimi", "--quick", "--out", str(tmp_path / "r")]) == 1
+    assert "pass --mimi" in capsys.readouterr().err
+
+
+def test_demo_mimi_is_the_demo_export_s(tmp_path):
+    """A demo bundle's Mimi is re-drawn from the seed and level omni-export --demo used: the same tensors."""
+    import torch
+    from omni_onnx.export.cli import DEMO_RMS_DBFS
+    from omni_onnx.export.mimi_decoder import load_mimi, mimi_dims
+    from omni_onnx.export.random_mimi import write_random_mimi
+    from omni_onnx.bench.mimi_ratio import demo_mimi
+    exported = load_mimi(write_random_mimi(tmp_path / "a", "tiny", seed=0, rms_dbfs=DEMO_RMS_DBFS))
+    redrawn = load_mimi(demo_mimi(mimi_dims(exported), tmp_path / "b"))
+    for (name, a), b in zip(exported.state_dict().items(), redrawn.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_profile_of_a_mimi_call(tiny_bundle):
+    res = profile.profile_mimi(tiny_bundle, frames_per_call=2, calls=3, threads=1)
+    g = res["graphs"]["mimi_decoder"]
+    assert g["nodes"] > 50 and "Conv" in g["ops"] and g["run_ms"] >= g["kernel_ms"] > 0
+    assert "Mimi decoder call of 2 frame(s)" in profile.markdown(res)
+    with pytest.raises(ValueError, match="1 to 4"):
+        profile.profile_mimi(tiny_bundle, frames_per_call=5, calls=1, threads=1)

@@ -18,6 +18,7 @@ from omni_onnx.chat import Chat
 from omni_onnx.cli import build_parser, run_turn
 from omni_onnx.dump import CodeDump
 from omni_onnx.generate import GenerationOptions
+from omni_onnx.mimi import STEADY_FRAMES_PER_CALL
 from omni_onnx.model import Conversation, OmniModel
 
 
@@ -48,7 +49,8 @@ def test_chat_through_stdin(tiny_bundle, tmp_path):
 
 
 class InterruptingPlayer:
-    """Sends this process `presses` SIGINTs (Ctrl-C) when the second frame arrives: a user stopping the answer."""
+    """Sends this process `presses` SIGINTs (Ctrl-C) when the second chunk of audio arrives: a user stopping the
+    answer."""
 
     def __init__(self, presses: int):
         self.presses, self.frames = presses, 0
@@ -84,8 +86,9 @@ def test_ctrl_c_stops_the_answer_only(tiny_bundle, tmp_path, capsys):
     chat.run()
     out, err = capsys.readouterr()
     assert "[stopped: you stopped it]" in err and out.count("omni> ") == 2  # the chat went on to the next question
-    assert sf.info(tmp_path / "turn-1.wav").frames == 2 * 1920  # the stopped answer's audio, a complete file
-    assert sf.info(tmp_path / "turn-2.wav").frames > 2 * 1920
+    # the stopped answer's audio, a complete file: the first frame alone, then one Mimi call of several frames
+    assert sf.info(tmp_path / "turn-1.wav").frames == (1 + STEADY_FRAMES_PER_CALL) * 1920
+    assert sf.info(tmp_path / "turn-2.wav").frames > (1 + STEADY_FRAMES_PER_CALL) * 1920
     assert [m.role for m in chat.conv.history] == ["user", "assistant"] * 2  # the stopped answer is history
     assert signal.getsignal(signal.SIGINT) is handler  # restored after each answer
 

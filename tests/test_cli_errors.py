@@ -199,7 +199,7 @@ def test_sigterm_while_writing_leaves_the_old_file(env):
             "write = audio_out.WavWriter.write\n"
             "def write_then_terminate(self, pcm):\n"
             "    write(self, pcm)\n"
-            "    if self.samples == 3 * 1920:\n"
+            "    if self.samples >= 3 * 1920:\n"
             "        os.kill(os.getpid(), signal.SIGTERM)\n"
             "audio_out.WavWriter.write = write_then_terminate\n"
             f"sys.exit(main({argv!r}))\n")

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from omni_onnx.contracts import ContractError, MimiDims, mimi_decoder_spec  # noqa: E402
 from omni_onnx.export.mimi_decoder import ParityError, export, load_mimi, mimi_dims, verify  # noqa: E402
 from omni_onnx.export.random_mimi import write_random_mimi  # noqa: E402
-from omni_onnx.mimi import MimiStreamDecoder  # noqa: E402
+from omni_onnx.mimi import FrameBatcher, MimiStreamDecoder  # noqa: E402
 from omni_onnx.session import GraphSession  # noqa: E402
 
 FRAMES = 20
@@ -106,6 +106,48 @@ def test_appending_frames_never_changes_earlier_audio(mimi, decoder, codes):
     for n in (1, 7, 13):
         np.testing.assert_allclose(reference(mimi, codes[:, :n]), full_ref[:n * 1920], rtol=0, atol=ATOL)
         np.testing.assert_array_equal(stream(decoder, codes[:, :n]), full_stream[:n * 1920])
+
+
+@pytest.mark.parametrize("sizes", [(2,), (3, 1, 4), (4,)])
+def test_several_frames_per_call_equal_the_full_decode(mimi, decoder, codes, sizes):
+    """Contract v2: a call takes F frames (the tiny window of 8 steps holds at most 4), and any split of an answer
+    into calls gives `MimiModel.decode` of all frames at once, as one frame per call does."""
+    state, out, f, k = decoder.initial_state(), [], 0, 0
+    while f < FRAMES:
+        n = sizes[k % len(sizes)]
+        pcm, state = decoder.decode_frames(codes[:, f:f + n], state)
+        assert pcm.shape == (min(n, FRAMES - f) * 1920,)
+        out.append(pcm)
+        f, k = f + n, k + 1
+    np.testing.assert_allclose(np.concatenate(out), reference(mimi, codes), rtol=0, atol=ATOL)
+
+
+def test_batcher_sends_the_first_frame_alone_then_full_calls(mimi, decoder, codes):
+    batcher = FrameBatcher(decoder, per_call=3)
+    chunks = [pcm for f in range(FRAMES) if (pcm := batcher.push(codes[:, f])) is not None] + [batcher.flush()]
+    assert [len(c) // 1920 for c in chunks] == [1] + [3] * 6 + [1]
+    assert batcher.flush() is None
+    np.testing.assert_allclose(np.concatenate(chunks), reference(mimi, codes), rtol=0, atol=ATOL)
+    assert FrameBatcher(decoder, per_call=9).per_call == 4  # the tiny window's most
+
+
+@pytest.mark.parametrize("n", [0, 5])
+def test_calls_beyond_the_window_are_refused(decoder, codes, n):
+    assert decoder.max_frames == 4
+    with pytest.raises(ValueError, match="1 <= F <= 4"):
+        decoder.decode_frames(codes[:, :n], decoder.initial_state())
+
+
+def test_one_frame_graph_for_static_bundles(mimi, tmp_path):
+    """A static bundle's graph has no symbolic dimension: one frame per call, same audio."""
+    dims = mimi_dims(mimi)
+    path = export(mimi, tmp_path / "mimi_decoder.onnx", frames_per_call=1)
+    spec = mimi_decoder_spec(dims, 1)
+    assert spec.inputs[0].dims == (1, 8, 1) and spec.outputs[0].dims == (1, 1, 1920)
+    decoder = MimiStreamDecoder(GraphSession(path, spec), dims)
+    assert decoder.max_frames == 1
+    assert decoder.session.sess.get_inputs()[0].shape == [1, 8, 1]
+    verify(mimi, path, frames=6, frames_per_call=1)
 
 
 def test_used_up_state_is_refused(decoder, codes):

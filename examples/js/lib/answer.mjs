@@ -2,9 +2,12 @@
 // this, and differ only in how they read the bundle's files, which onnxruntime package they pass in, and where the
 // audio goes.
 import { VOICE_SYSTEM_PROMPT, chatPrompt, generate, promptCodeRows } from './generate.mjs';
-import { MimiStream, pcm16 } from './mimi.mjs';
+import { FrameBatcher, MimiStream, pcm16 } from './mimi.mjs';
 import { DynamicModel, StaticModel } from './model.mjs';
 import { Pcg64Random } from './rng.mjs';
+
+/** Section 8: frames per Mimi call after an answer's first (omni-run's mimi.STEADY_FRAMES_PER_CALL). */
+const FRAMES_PER_CALL = 4;
 
 /** A prompt that does not fit the context: the caller reports `message` as a user error. */
 export class PromptTooLong extends Error {}
@@ -17,7 +20,7 @@ export function sessionOptions(executionProviders) {
 }
 
 /** Runs `question` ({text, voice, greedy, seed (BigInt or null), maxNewTokens, context}) on an open Bundle.
- * `onPcm(bytes)` receives each frame's 16-bit PCM as it is decoded (null: no audio). Returns {text, dump, reason,
+ * `onPcm(bytes)` receives each Mimi call's 16-bit PCM as it is decoded (null: no audio). Returns {text, dump, reason,
  * seconds, steps}: the answer's text, the --dump-codes object, why it stopped ("eos", "length", "context"), the
  * loop's wall time and its number of steps. */
 export async function answer(ort, bundle, question, onPcm) {
@@ -34,12 +37,16 @@ export async function answer(ort, bundle, question, onPcm) {
     : new DynamicModel(ort, bundle, context, voice?.spkEmb ?? null);
   // omni-run without --seed and --greedy draws from fresh entropy; here seed 0 stands in for it.
   const rng = question.greedy ? null : new Pcg64Random(question.seed ?? 0n);
-  const mimi = onPcm === null ? null : new MimiStream(ort, bundle.sessions.mimi_decoder, bundle.manifest.mimi);
+  const mimi = onPcm === null ? null : new FrameBatcher(
+    new MimiStream(ort, bundle.sessions.mimi_decoder, bundle.manifest.mimi), bundle.static ? 1 : FRAMES_PER_CALL);
   const t0 = performance.now();
   const { dump, reason } = await generate(model, promptIds, promptCodeRows(cfg, promptIds.length, voice?.refCodes ?? null),
     question.maxNewTokens, rng, async (frame) => {
-      if (mimi !== null) await onPcm(pcm16(await mimi.decode(frame)));
+      const pcm = mimi === null ? null : await mimi.push(frame);
+      if (pcm !== null) await onPcm(pcm16(pcm));
     });
+  const rest = mimi === null ? null : await mimi.flush();
+  if (rest !== null) await onPcm(pcm16(rest));
   const seconds = (performance.now() - t0) / 1000;
   const text = bundle.tokenizer.decode(dump.text_ids.filter((t) => t !== cfg.eos_token_id));
   return { text, dump, reason, seconds, steps: dump.audio_codes[0].length };

@@ -14,11 +14,14 @@ export class MimiStream {
     this.position = 0;
   }
 
-  /** Audio of one frame (Float32Array [frame_samples]); codes >= 2049 (pad, stop, speaker) decode as 0. */
-  async decode(frame) {
-    const ort = this.ort, d = this.dims;
+  /** Audio of F consecutive frames in one call (Float32Array [F * frame_samples]); codes >= 2049 (pad, stop,
+   * speaker) decode as 0. */
+  async decode(frames) {
+    const ort = this.ort, d = this.dims, n = frames.length, cb = frames[0].length;
+    const codes = new BigInt64Array(cb * n); // [1, 8, F]: codebook-major
+    frames.forEach((frame, f) => frame.forEach((c, i) => { codes[i * n + f] = BigInt(c >= 2049 ? 0 : c); }));
     const feeds = {
-      codes: new ort.Tensor('int64', BigInt64Array.from(frame, (c) => BigInt(c >= 2049 ? 0 : c)), [1, frame.length, 1]),
+      codes: new ort.Tensor('int64', codes, [1, cb, n]),
       position: new ort.Tensor('int64', BigInt64Array.of(BigInt(this.position)), [1]),
     };
     for (let i = 0; i < d.num_layers; i++) {
@@ -27,7 +30,7 @@ export class MimiStream {
     }
     this.convs.forEach((c, j) => { feeds[`past_conv_${j}`] = c; });
     const out = await this.session.run(feeds);
-    const steps = d.steps_per_frame, hd = d.head_dim;
+    const steps = d.steps_per_frame * n, hd = d.head_dim;
     for (let i = 0; i < d.num_layers; i++) {
       for (const [ring, name] of [[this.keys[i], `present_key_${i}`], [this.values[i], `present_value_${i}`]]) {
         const present = out[name].data; // [1, heads, steps, head_dim]
@@ -42,6 +45,28 @@ export class MimiStream {
     this.convs = this.convs.map((_, j) => out[`present_conv_${j}`]);
     this.position += steps;
     return out.audio.data;
+  }
+}
+
+/** An answer's first frame alone, then `perCall` frames per call (1 for a static bundle, whose graph takes one),
+ * the rest at `flush` (section 8: omni-run's calls, so its bytes). */
+export class FrameBatcher {
+  constructor(mimi, perCall) {
+    this.mimi = mimi;
+    this.perCall = Math.min(perCall, Math.floor(mimi.dims.kv_window / mimi.dims.steps_per_frame));
+    this.pending = [];
+  }
+
+  /** Audio when a call is due, else null. */
+  async push(frame) {
+    this.pending.push(frame);
+    return this.pending.length === (this.mimi.position === 0 ? 1 : this.perCall) ? this.flush() : null;
+  }
+
+  async flush() {
+    const frames = this.pending;
+    this.pending = [];
+    return frames.length ? this.mimi.decode(frames) : null;
   }
 }
 
