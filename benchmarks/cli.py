@@ -29,6 +29,7 @@ from omni_onnx.errors import OmniError
 from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, installed, require
 
 from . import floor, live, plots, quality, static_ratio
+from .memory import memory_rows
 from .live_server import require_tools
 from .machine import describe
 
@@ -252,9 +253,7 @@ def markdown(results: dict) -> str:
             mem = r["memory"]
             lines += [f"| bundle on disk, MB | {fmt(mem['bundle_mb'])} |",
                       *(f"| {g}.onnx, MB | {fmt(v)} |" for g, v in mem["graph_mb"].items()),
-                      (f"| peak RSS after loading every graph / after one "
-                       f"{'spoken' if mem['spoken_question'] else 'text'} question, MB | "
-                       f"{fmt(mem['peak_rss_after_load_mb'])} / {fmt(mem['peak_rss_turn_mb'])} |")]
+                      *memory_rows(mem, fmt)]
         if "fidelity" in r:
             lines += fidelity_rows(r["fidelity"])
         if "quality" in r:

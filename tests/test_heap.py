@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from omni_onnx import session
-from omni_onnx.heap import release_free_heap
+from omni_onnx.heap import lazy_zeros, release_free_heap
 from omni_onnx.session import SessionOptions, make_session, ort_session_options
 from onnx import TensorProto, helper, numpy_helper
 
@@ -73,3 +73,14 @@ def test_sessions_share_the_process_arena_and_keep_weights_outside_it(tmp_path):
     x = np.ones((1, 3), np.float32)
     for s in (a, b):
         np.testing.assert_allclose(s.run(None, {"x": x})[0], x @ w, rtol=1e-6)
+
+
+@linux
+def test_lazy_zeros_are_resident_only_where_written():
+    """A KV cache sized to the context limit costs only the positions a conversation has filled."""
+    before = rss_mb()
+    kv = lazy_zeros((1, 4096, 8, 256), np.float32)  # 32 MiB
+    assert kv.shape == (1, 4096, 8, 256) and kv.dtype == np.float32 and kv.flags.writeable
+    assert not kv[:, ::97].any() and rss_mb() - before < 4
+    kv[:, :2048] = 1.0
+    assert 14 < rss_mb() - before < 20 and kv.sum() == 2048 * 8 * 256
