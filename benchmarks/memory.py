@@ -78,9 +78,11 @@ def one_turn(bundle: Path, max_new_tokens: int, threads: int, every_graph: bool)
 
 def graph_residency(bundle: Path, threads: int) -> dict:
     """Where the resident set goes: the process before any graph (Python, numpy, onnxruntime, tokenizer), then
-    each graph of the bundle opened in turn and kept open: the resident set it adds, and how far above the
-    process's earlier resident set the peak went while it opened (parse, initializer copies, prepacking)."""
+    each graph of the bundle opened in turn, as the runtime opens it, and kept open: the resident set it adds, and
+    how far above the process's earlier resident set the peak went while it opened (parse, initializer copies,
+    prepacking)."""
     from omni_onnx.bundle import Bundle
+    from omni_onnx.model import graph_options
     from omni_onnx.prompt import TextTokenizer
     from omni_onnx.session import GraphSession, SessionOptions
 
@@ -91,7 +93,7 @@ def graph_residency(bundle: Path, threads: int) -> dict:
     for name in b.specs:
         before = _status_mb("VmRSS")
         reset = _reset_peak()
-        kept.append(GraphSession(b.graph_path(name), b.specs[name], SessionOptions(threads=threads)))
+        kept.append(GraphSession(b.graph_path(name), b.specs[name], graph_options(name, SessionOptions(threads))))
         graphs[name] = {"resident_mb": _status_mb("VmRSS") - before,
                         "opening_peak_mb": peak_rss_mb() - before if reset else None}
     return {"process_mb": base, "graphs": graphs}
