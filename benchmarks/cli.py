@@ -29,9 +29,9 @@ from omni_onnx.errors import OmniError
 from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULES, MissingExtra, installed, require
 
 from . import floor, live, plots, quality, static_ratio
-from .memory import memory_rows
 from .live_server import require_tools
 from .machine import describe
+from .memory import memory_rows
 
 FLOOR_MODULES = ("torch", "onnx")  # the floor suite's bandwidth probe and weight count
 SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live", "static")
