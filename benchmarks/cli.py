@@ -33,6 +33,7 @@ from omni_onnx.export.extras import BENCH_INSTALL, EXPORT_INSTALL, EXPORT_MODULE
 from . import floor, live, mimi_ratio, plots, quality, static_ratio
 from .live_server import require_tools
 from .machine import describe
+from .memory import memory_rows
 
 FLOOR_MODULES = ("torch", "onnx")  # the floor suite's bandwidth probe and weight count
 SUITES = ("latency", "floor", "memory", "fidelity", "quality", "live", "static", "mimi")
@@ -260,9 +261,7 @@ def markdown(results: dict) -> str:
             mem = r["memory"]
             lines += [f"| bundle on disk, MB | {fmt(mem['bundle_mb'])} |",
                       *(f"| {g}.onnx, MB | {fmt(v)} |" for g, v in mem["graph_mb"].items()),
-                      (f"| peak RSS after loading every graph / after one "
-                       f"{'spoken' if mem['spoken_question'] else 'text'} question, MB | "
-                       f"{fmt(mem['peak_rss_after_load_mb'])} / {fmt(mem['peak_rss_turn_mb'])} |")]
+                      *memory_rows(mem, fmt)]
         if "fidelity" in r:
             lines += fidelity_rows(r["fidelity"])
         if "quality" in r:

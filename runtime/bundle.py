@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class Bundle:
     manifest: dict[str, Any]
     config: ModelConfig
     specs: dict[str, GraphSpec]
+    # relative path -> [sha256, size, mtime_ns] of each file as `open` verified it; empty when it did not
+    verified: dict[str, list] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def open(cls, root: Path, verify_checksums: bool = True) -> Bundle:
@@ -136,23 +138,26 @@ class Bundle:
             stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             stamp = {}
-        seen = {}
-        for rel, digest in listed.items():
-            path = self.root / rel
-            if not path.is_file():
-                raise BundleError(f"bundle {self.root} is missing {rel}; re-export it")
-            st = path.stat()
-            seen[rel] = [digest, st.st_size, st.st_mtime_ns]
-            if stamp.get(rel) == seen[rel]:
-                continue
-            if sha256_file(path) != digest:
-                raise BundleError(f"{path} does not match its checksum in {MANIFEST} (corrupted, truncated or "
-                                  f"edited); re-export the bundle")
+        seen = {rel: self._check_file(rel, digest, stamp.get(rel)) for rel, digest in listed.items()}
+        self.verified.update(seen)
         if seen != stamp:
             try:
                 stamp_path.write_text(json.dumps(seen), encoding="utf-8")
             except OSError:  # a read-only bundle is verified in full at every load
                 pass
+
+    def _check_file(self, rel: str, digest: str, known: list | None) -> list:
+        """[sha256, size, mtime_ns] of `rel`, hashed unless its size and mtime are those of `known` (an earlier
+        check); BundleError when it is missing or its content is not the manifest's."""
+        path = self.root / rel
+        if not path.is_file():
+            raise BundleError(f"bundle {self.root} is missing {rel}; re-export it")
+        st = path.stat()
+        seen = [digest, st.st_size, st.st_mtime_ns]
+        if seen != known and sha256_file(path) != digest:
+            raise BundleError(f"{path} does not match its checksum in {MANIFEST} (corrupted, truncated or "
+                              f"edited); re-export the bundle")
+        return seen
 
     @property
     def static(self) -> StaticShape | None:
@@ -169,7 +174,12 @@ class Bundle:
         return name in self.specs
 
     def graph_path(self, name: str) -> Path:
-        return self.root / self.manifest["graphs"][name]["file"]
+        """The graph's file. When `open` verified the bundle, a file that changed since (size or mtime) is hashed
+        again, so a graph opened later (loaded on first use) is checked as if it had been opened at once."""
+        rel = self.manifest["graphs"][name]["file"]
+        if rel in self.verified:
+            self.verified[rel] = self._check_file(rel, self.verified[rel][0], self.verified[rel])
+        return self.root / rel
 
     @property
     def voices(self) -> list[str]:

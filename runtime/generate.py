@@ -20,6 +20,7 @@ import numpy as np
 from .codes import AudioCodeRing
 from .config import ModelConfig
 from .dump import CodeDump
+from .heap import lazy_zeros
 from .sampling import AudioSampling, TextSampling, sample_code, sample_text
 from .session import GraphSession
 
@@ -42,8 +43,8 @@ class KVCache:
 
     def __init__(self, n_layers: int, capacity: int, kv_heads: int, head_dim: int):
         shape = (1, capacity, kv_heads, head_dim)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(n_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(n_layers)]
+        self.keys = [lazy_zeros(shape, np.float32) for _ in range(n_layers)]  # resident as far as written
+        self.values = [lazy_zeros(shape, np.float32) for _ in range(n_layers)]
         self.capacity, self.length = capacity, 0
 
     def past_feeds(self) -> dict[str, np.ndarray]:

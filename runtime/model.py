@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 import json
 from pathlib import Path
@@ -28,6 +28,18 @@ from .user_voices import user_voice_names, user_voice_path
 from .voices import Voice
 
 
+# SigLIP opens without prepacked weights: it loads on the first image, over everything else, and prepacking holds two
+# copies of its weights while it opens (peak 147 MB over its 87 MB resident; 98 MB unpacked), for 41.3 -> 48.0 ms
+# per image (full int8 bundle, 2 threads, side by side). SenseVoice stays packed: it opens first, over little, and
+# unpacked its 3 s took 113 -> 129 ms.
+UNPACKED_GRAPHS = ("vision",)
+
+
+def graph_options(name: str, opts: SessionOptions) -> SessionOptions:
+    """The session options the runtime opens graph `name` with."""
+    return replace(opts, prepack=name not in UNPACKED_GRAPHS)
+
+
 class OmniModel:
     """The loaded bundle. Shared, never mutated: any number of conversations can use one model."""
 
@@ -36,8 +48,9 @@ class OmniModel:
         self.tokenizer = TextTokenizer(bundle.root / "tokenizer.json")
         # Load order: opening a graph briefly takes up to ~1.8x its file (parse, initializer copies, prepacking), so
         # the graphs that overshoot their resident size most go first, over the smallest resident set (full int8
-        # bundle: load peak 650 MB; 680-795 MB with SenseVoice last, measured).
-        self.mimi = self.vision = self.speech = None
+        # bundle: load peak 650 MB; 680-795 MB with SenseVoice last, measured). Vision and the cloning graphs load
+        # on first use (below).
+        self.mimi = self.speech = None
         if bundle.has_graph("sensevoice"):
             self.speech = SpeechEncoder(self._session("sensevoice", opts), bundle.root)
             self.audio_projector = self._session("audio_projector", opts)
@@ -46,7 +59,6 @@ class OmniModel:
             from .mimi import MimiStreamDecoder
             self.mimi = MimiStreamDecoder(self._session("mimi_decoder", opts), MimiDims.from_dict(bundle.manifest["mimi"]))
         if bundle.has_graph("vision"):
-            self.vision = self._session("vision", opts)
             config = json.loads((bundle.root / PREPROCESSOR_FILE).read_text(encoding="utf-8"))
             self.image_prep = ImagePreprocessor.from_hf_config(config)
         self.talker = GraphSession(bundle.graph_path("talker"), bundle.specs["talker"], opts)
@@ -55,6 +67,12 @@ class OmniModel:
         self.prefill = {n: self._session(n + PREFILL_SUFFIX, opts) for n in ("thinker", "talker")
                         if bundle.has_graph(n + PREFILL_SUFFIX)}
         self._opts = opts
+
+    @cached_property
+    def vision(self) -> GraphSession | None:
+        """SigLIP + projector, loaded on first use: only a turn with an image needs it, and it holds ~97 MB resident
+        (full int8 bundle, measured), a sixth of the process; opening it takes ~0.3 s, once."""
+        return self._session("vision", self._opts) if self.bundle.has_graph("vision") else None
 
     @cached_property
     def speaker(self) -> SpeakerEncoder | None:
@@ -70,10 +88,10 @@ class OmniModel:
         return VoiceCloner.from_bundle(self.bundle, self._opts, self.speaker)
 
     def _session(self, name: str, opts: SessionOptions) -> GraphSession:
-        return GraphSession(self.bundle.graph_path(name), self.bundle.specs[name], opts)
+        return GraphSession(self.bundle.graph_path(name), self.bundle.specs[name], graph_options(name, opts))
 
     def require_vision(self) -> None:
-        if self.vision is None:
+        if not self.bundle.has_graph("vision"):
             raise OmniError("this bundle has no vision graph; re-export it with --siglip <siglip2-base-p32-256-ve>")
 
     def check_image(self, path: Path) -> None:

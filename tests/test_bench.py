@@ -145,6 +145,11 @@ def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
         mem = b["memory"]
         assert mem["bundle_mb"] > sum(mem["graph_mb"].values()) > 0
         assert mem["peak_rss_turn_mb"] >= mem["peak_rss_after_load_mb"] > 0
+        every = mem["every_graph"]
+        assert every["peak_rss_turn_mb"] >= every["peak_rss_after_load_mb"] > 0
+        res = mem["residency"]  # every graph of the bundle, each peak measured on its own (Linux resets VmHWM)
+        assert set(res["graphs"]) == set(mem["graph_mb"]) and res["process_mb"] > 0
+        assert all(g["opening_peak_mb"] is not None for g in res["graphs"].values())
         q = b["quality"]
         assert q["prompts"] == 2 and len(q["samples"]) == 2
         assert q["voice_clone"]["similarity"] is None and "campplus" in q["voice_clone"]["note"]

@@ -107,3 +107,32 @@ def test_same_size_edit_after_a_verified_load_is_caught(capsys, bundle_copy):
     g.write_bytes(bytes(data))
     rc, err = run(capsys, "--bundle", str(bundle_copy), "--text", "hi")
     assert_one_line(rc, err, "talker.onnx", "checksum")
+
+
+IMAGE = Path(__file__).parent / "fixtures" / "eval_omni" / "image-01-orange-cat-moon-desk.jpg"
+
+
+def test_vision_loads_on_first_use_and_is_checksummed_then(bundle_copy):
+    """A turn without an image never opens the vision graph; opened later, a file edited since the bundle was
+    verified is refused as it would have been at load."""
+    from omni_onnx.errors import BundleError
+    from omni_onnx.model import OmniModel
+    model = OmniModel.load(bundle_copy)
+    assert "vision" not in vars(model)
+    g = bundle_copy / "vision.onnx"
+    data = bytearray(g.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    g.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="vision.onnx does not match its checksum"):
+        model.encode_image(IMAGE)
+
+
+def test_vision_loaded_on_first_use_checks_its_contract(bundle_copy):
+    from omni_onnx.contracts import ContractError
+    from omni_onnx.model import OmniModel
+    model = OmniModel.load(bundle_copy)
+    assert model.encode_image(IMAGE).shape == (model.config.image_token_len, model.config.hidden_size)
+    other = OmniModel.load(bundle_copy)
+    other.bundle.specs["vision"] = other.bundle.specs["audio_projector"]  # what a mismatched file would meet
+    with pytest.raises(ContractError, match="graph audio_projector does not match its contract"):
+        other.encode_image(IMAGE)

@@ -83,7 +83,7 @@ class Dialogue:
 
     def hello(self) -> dict:
         return {"type": "ready", "voices": voice_names(self.model), "voice": self.voice, "live": self.live,
-                "sample_rate": self.model.sample_rate, "images": self.model.vision is not None,
+                "sample_rate": self.model.sample_rate, "images": self.model.bundle.has_graph("vision"),
                 "cloning": self.model.bundle.has_graph("mimi_encoder") and self.model.bundle.has_graph("campplus")}
 
     # from the server's event loop
@@ -219,7 +219,7 @@ class Dialogue:
         return path
 
     def _attach_image(self, name: str, data: bytes) -> None:
-        if self.model.vision is None:
+        if not self.model.bundle.has_graph("vision"):
             raise OmniError("this server's bundle has no vision graph; re-export it with --siglip <folder>")
         path = self._upload(name, data)
         open_rgb(path).close()  # refuse what is not an image now, not at the next turn
