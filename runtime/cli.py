@@ -22,7 +22,7 @@ from .dump import CodeDump
 from .errors import OmniError
 from .generate import GenerationOptions
 from .mimi import STEADY_FRAMES_PER_CALL
-from .model import DEFAULT_CONTEXT, AudioChunk, Conversation, OmniModel, TextDelta, Transcript
+from .model import DEFAULT_CONTEXT, AudioChunk, Conversation, OmniModel, TextDelta, Transcript, TurnEnd
 from .sampling import TextSampling
 from .live.cli import add_arguments as add_live_arguments
 from .web.cli import add_arguments as add_serve_arguments
@@ -106,7 +106,7 @@ def run_turn(conv: Conversation, text: str | None, args: argparse.Namespace, opt
                 print(ev.text, end="", flush=True)
             elif isinstance(ev, AudioChunk):
                 sinks.write(ev.pcm)
-            else:
+            elif isinstance(ev, TurnEnd):
                 reason = ev.reason
             if stop is not None and stop.requested:
                 events.close()  # the answer enters the history as far as it got
