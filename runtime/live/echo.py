@@ -31,6 +31,13 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
 
 
+def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Normalised correlation of two equally long envelopes; None when either is flat."""
+    a, b = x - x.mean(), y - y.mean()
+    denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    return float(np.dot(a, b) / denom) if denom > 1e-12 else None
+
+
 class Resampler:
     """The played stream at the microphone's rate, chunk by chunk, with soxr's quick quality: it holds back one
     sample where the high-quality filter holds back 150-570 (10-35 ms, varying), which would make the echo
@@ -168,10 +175,8 @@ class EchoDelayEstimator:
         n, lag = int(seconds * MIC_RATE / hop), round(self.delay * MIC_RATE / hop)
         if len(self._mic) < n + lag:
             return None
-        mic, ref = np.asarray(self._mic)[-n:], np.asarray(self._ref)[len(self._ref) - n - lag:len(self._ref) - lag]
-        a, b = mic - mic.mean(), ref - ref.mean()
-        denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
-        return float(np.dot(a, b) / denom) if denom > 1e-12 else None
+        return _correlation(np.asarray(self._mic)[-n:],
+                            np.asarray(self._ref)[len(self._ref) - n - lag:len(self._ref) - lag])
 
     def _agree(self, n: int, correlation: float) -> bool:
         """The last `n` estimates each at least this correlated, at lags within `agree` hops of each other."""
@@ -186,9 +191,7 @@ class EchoDelayEstimator:
             return None
         n, best = len(ref), (0, 0.0)
         for lag in range(min(n // 2, int(self.opts.max_delay * MIC_RATE / self.opts.hop))):
-            a, b = mic[lag:] - mic[lag:].mean(), ref[:n - lag] - ref[:n - lag].mean()
-            denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
-            c = float(np.dot(a, b) / denom) if denom > 0 else 0.0
+            c = _correlation(mic[lag:], ref[:n - lag]) or 0.0
             if c > best[1]:
                 best = (lag, c)
         return best
@@ -209,13 +212,12 @@ class Convergence:
     Latched: once reached it holds until `reset`, since a user speaking over the playback lowers the ratio without
     the canceller getting worse. On the sound server AEC3 let 100-200 ms bursts of a 150-300 ms echo through almost
     whole for its first 1-2 s, after the delay estimator had found the echo and while the ratio over the whole
-    second was already above 15 dB (answers interrupted themselves, traced); converged, it removes 25-45 dB."""
+    second was already above 15 dB (answers interrupted themselves, traced)."""
 
     def __init__(self, span: float = 1.5, piece: float = 0.1, min_db: float = 12.0, silence: float = 1e-3):
         self._span, self._piece, self._ratio, self._silence = span, piece, 10 ** (min_db / 10), silence
         self._mic: deque[float] = deque()
         self._out: deque[float] = deque()
-        self._block = 0
         self.reached = False
 
     def reset(self) -> None:
@@ -224,23 +226,20 @@ class Convergence:
         self.reached = False
 
     def push(self, mic: np.ndarray, out: np.ndarray, ref: np.ndarray) -> None:
-        if self.reached:
+        if self.reached or _rms(ref) < self._silence:
             return
-        if _rms(ref) < self._silence:
-            return
-        self._block = len(mic)
         self._mic.append(float(np.sum(mic.astype(np.float64) ** 2)))
         self._out.append(float(np.sum(out.astype(np.float64) ** 2)))
-        blocks = round(self._span * MIC_RATE / self._block)
+        blocks = round(self._span * MIC_RATE / len(mic))
         if len(self._mic) < blocks:
             return
         while len(self._mic) > blocks:
             self._mic.popleft()
             self._out.popleft()
-        k = max(1, round(self._piece * MIC_RATE / self._block))
+        k = max(1, round(self._piece * MIC_RATE / len(mic)))
         mic_p = np.convolve(self._mic, np.ones(k), "valid")
         out_p = np.convolve(self._out, np.ones(k), "valid")
-        heard = mic_p > self._silence ** 2 * k * self._block
+        heard = mic_p > self._silence ** 2 * k * len(mic)
         self.reached = bool(heard.any()) and bool(np.all(mic_p[heard] >= self._ratio * out_p[heard]))
 
 
