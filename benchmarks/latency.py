@@ -129,12 +129,15 @@ def first_audio_stages(model, audio: Path | None) -> dict | None:
     from omni_onnx.generate import GenerationOptions, Speaker, generate
     from omni_onnx.inject import prompt_features, user_content
     from omni_onnx.prompt import Message
+    from omni_onnx.speech import load_audio
 
     cfg = model.config
     t0 = time.perf_counter()
     embeds = None
     if audio is not None:
-        embeds, _ = model.encode_audio(audio)
+        wav = load_audio(audio)
+        embeds = model.encode_audio(wav)
+        model.speech.transcribe(wav)
     t1 = time.perf_counter()
     content = user_content(None if audio is not None else QUESTION, None if embeds is None else len(embeds), 0, cfg)
     ids = model.tokenizer.chat_ids([Message("user", content)])

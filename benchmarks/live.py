@@ -171,11 +171,12 @@ class App:
             time.sleep(0.02)
 
     def wait_idle(self, timeout: float, quiet: float = 1.0) -> bool:
-        """Until the last event ended an answer (or nothing happened yet) and `quiet` s passed without events."""
+        """Until the last event ended an answer (or its history prefill, or nothing happened yet) and `quiet` s
+        passed without events."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             evs = [e for e in self.events() if e["kind"] != "started"]
-            if evs[-1]["kind"] in ("answer_end", "ready") and time.monotonic() - evs[-1]["t"] >= quiet:
+            if evs[-1]["kind"] in ("answer_end", "prefilled", "ready") and time.monotonic() - evs[-1]["t"] >= quiet:
                 return True
             time.sleep(0.05)
         return False

@@ -5,6 +5,8 @@ test doubles applied only here.
   (looped), plus a -60 dBFS noise floor. Random demo weights speak noise, which Silero VAD does not take for speech,
   so without this no echo test could fail. The floor keeps every played sample non-zero, so exact digital silence on
   the loudspeaker means the app played nothing (idle, underrun or cut), whatever pauses the recording has.
+  Answers also speak until `--max-new-tokens`: the audio stop codes are never drawn. Random full-size weights end
+  their audio within a second or two, and a barge-in or an echo needs an answer that is still speaking.
 - The session's events are written as JSON lines as they happen (the benchmark waits on them), and at exit a summary
   with the speaker's underruns.
 
@@ -56,10 +58,12 @@ class EventLog:
 def instrument(voice: LoopedVoice, log: EventLog, summary: Path) -> None:
     """Patch the product: `Conversation.respond`'s AudioChunks carry `voice`; `LiveSession.run` streams its
     `log` calls to `log`, counts the speaker's underruns while an answer plays, and writes `summary` at exit.
-    Product names used: omni_onnx.model.{Conversation.respond, AudioChunk}, omni_onnx.live.LiveSession.{run, log,
+    Answers never draw an audio stop code. Product names used: omni_onnx.model.{Conversation.respond, AudioChunk,
+    Withdrawn, withdraw}, omni_onnx.codes.AudioCodeRing (its stop_from), omni_onnx.generate.sample_code,
+    omni_onnx.sampling.sample_code, omni_onnx.live.LiveSession.{run, log,
     events, speaker, clock}, the speaker's `underruns`, and the event kinds first_audio / playback_stopped /
     answer_end."""
-    from omni_onnx import live, model
+    from omni_onnx import codes, generate, live, model, sampling
 
     respond = model.Conversation.respond
 
@@ -68,8 +72,23 @@ def instrument(voice: LoopedVoice, log: EventLog, summary: Path) -> None:
         try:
             for ev in answer:
                 yield model.AudioChunk(voice.next(len(ev.pcm))) if isinstance(ev, model.AudioChunk) else ev
+        except model.Withdrawn:
+            model.withdraw(answer)  # a prepared answer dropped: the product's too, the same way
+            raise
         finally:
             answer.close()  # a barge-in closes this generator: close the product's at once too
+
+    ring_init = codes.AudioCodeRing.__init__
+    stop = {"from": None}
+
+    def ring_noting_the_stop(ring, num_codebooks: int, pad_code: int, stop_from: int) -> None:
+        stop["from"] = stop_from
+        ring_init(ring, num_codebooks, pad_code, stop_from)
+
+    def code_without_stop(logits, *args, **kwargs) -> int:
+        logits = logits.copy()
+        logits[stop["from"]:] = -np.inf
+        return sampling.sample_code(logits, *args, **kwargs)
 
     run = live.LiveSession.run
 
@@ -102,6 +121,8 @@ def instrument(voice: LoopedVoice, log: EventLog, summary: Path) -> None:
 
     model.Conversation.respond = voiced_respond
     live.LiveSession.run = logged_run
+    codes.AudioCodeRing.__init__ = ring_noting_the_stop
+    generate.sample_code = code_without_stop
 
 
 def load_voice(paths: list[Path], rate: int = 24000) -> np.ndarray:

@@ -173,6 +173,17 @@ class Step:
     audio_ended: bool = False  # a codebook has reached its stop code: no frame follows, text may go on
 
 
+def prefill(stepper: Stepper, ids: np.ndarray, codes: np.ndarray, features: Features | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Bring the caches to exactly the positions (ids int64 [T], codes int64 [8, T]), recomputing only after the
+    longest cached prefix with the same inputs; the last position's (text logits, audio logits)."""
+    st = stepper.state
+    st.reused = reuse = st.reusable_prefix(ids, codes, None if features is None else features.mask)
+    st.truncate(reuse)
+    embeds, mask = (None, None) if features is None else (features.embeds[None, reuse:], features.mask[None, reuse:])
+    return stepper.run(ids[reuse:], codes[:, reuse:], embeds, mask)
+
+
 def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: GenerationOptions,
              rng: np.random.Generator | None, record: CodeDump | None = None,
              features: Features | None = None) -> Iterator[Step]:
@@ -180,14 +191,10 @@ def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: Ge
 
     Raises ContextFull (after yielding what fit) when the context limit is reached.
     """
-    cfg, st = stepper.cfg, stepper.state
-    n_cb, L = cfg.num_codebooks, len(prompt_ids)
+    cfg = stepper.cfg
+    n_cb = cfg.num_codebooks
     ids = np.asarray(prompt_ids, np.int64)
-    codes = prompt_codes(cfg, L, speaker)
-    st.reused = reuse = st.reusable_prefix(ids, codes, None if features is None else features.mask)
-    st.truncate(reuse)
-    embeds, mask = (None, None) if features is None else (features.embeds[None, reuse:], features.mask[None, reuse:])
-    logits, audio_logits = stepper.run(ids[reuse:], codes[:, reuse:], embeds, mask)
+    logits, audio_logits = prefill(stepper, ids, prompt_codes(cfg, len(ids), speaker), features)
 
     seen = np.zeros(cfg.vocab_size, bool)
     seen[ids] = True

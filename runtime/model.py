@@ -15,7 +15,8 @@ from .cloning import VoiceCloner, normalize_voice_name, require_cloning
 from .contracts import PREFILL_SUFFIX
 from .dump import CodeDump
 from .errors import OmniError
-from .generate import ContextFull, GenerationOptions, KVCache, ModelState, Speaker, Stepper, generate
+from .generate import (ContextFull, GenerationOptions, KVCache, ModelState, Speaker, Stepper, generate, prefill,
+                       prompt_codes)
 from .image import PREPROCESSOR_FILE, ImagePreprocessor, open_rgb, preprocess_image
 from .inject import IMAGE_PAD, prompt_features, user_content
 from .mimi import FrameBatcher
@@ -109,14 +110,12 @@ class OmniModel:
         self.require_vision()
         return self.vision.run({"pixel_values": preprocess_image(path, self.image_prep)})["image_embeds"][0]
 
-    def encode_audio(self, path: Path | np.ndarray) -> tuple[np.ndarray, str]:
-        """Speech file, or 16 kHz mono float32 PCM (a live turn) -> (Thinker embeddings float32 [frames, hidden], one
-        per `<|audio_pad|>`; its transcript)."""
+    def encode_audio(self, wav: np.ndarray) -> np.ndarray:
+        """16 kHz mono float32 PCM -> Thinker embeddings float32 [frames, hidden], one per `<|audio_pad|>`. The
+        transcript is a second SenseVoice run (`speech.transcribe`: it reads prompt rows before the speech)."""
         self.require_speech()
-        wav = np.asarray(path, np.float32) if isinstance(path, np.ndarray) else load_audio(path)
         rows = self.speech.encode(wav)
-        embeds = self.audio_projector.run({"audio_features": rows[None]})["audio_embeds"][0]
-        return embeds, self.speech.transcribe(wav)
+        return self.audio_projector.run({"audio_features": rows[None]})["audio_embeds"][0]
 
     def require_speech(self) -> None:
         """OmniError unless this bundle takes spoken questions (a static bundle never does)."""
@@ -175,11 +174,29 @@ class AudioEnd:
     finish now instead of waiting, as for late audio, until the text ends too."""
 
 
+class Withdrawn(Exception):
+    """Thrown into `Conversation.respond` (`withdraw`): the answer ends and nothing of it enters the history."""
+
+
+def withdraw(answer: Iterator) -> None:
+    """End an answer the user never heard (a speculative one): unlike `close`, the history stays as it was and the
+    late transcript is not made."""
+    try:
+        answer.throw(Withdrawn())
+    except (Withdrawn, StopIteration):
+        pass
+
+
 @dataclass(frozen=True)
 class TurnEnd:
     text: str  # the whole reply, as it enters the history
     reason: str  # "eos" (text and audio finished), "length" (max_new_tokens) or "context" (context limit)
 
+
+# A live answer starts playing as soon as its first frame exists; each next frame takes ~20 ms to make (full-size
+# int8) for 80 ms of audio. After 4 frames the player is ~250 ms ahead, enough for the transcript's SenseVoice run
+# (70-80 ms for a 3 s question); right after the first frame, that run made the loudspeaker run dry (measured live).
+LATE_TRANSCRIPT_FRAMES = 4
 
 DEFAULT_CONTEXT = 2048  # KV positions of a dynamic bundle's conversation when none is asked for
 
@@ -212,10 +229,16 @@ class Conversation:
     def respond(self, user_text: str | None, opts: GenerationOptions, rng: np.random.Generator | None = None,
                 decode_audio: bool = True, record: CodeDump | None = None,
                 images: tuple[Path, ...] = (), audio: Path | np.ndarray | None = None,
-                mimi_frames_per_call: int = 1) -> Iterator[Transcript | TextDelta | AudioChunk | AudioEnd | TurnEnd]:
+                mimi_frames_per_call: int = 1, late_transcript: bool = False,
+                ) -> Iterator[Transcript | TextDelta | AudioChunk | AudioEnd | TurnEnd]:
         """Stream one answer: text deltas as tokens arrive, a 1920-sample chunk per frame. Work happens on iteration.
         `mimi_frames_per_call` > 1: after the first frame, audio comes in chunks of that many frames (less compute
         per frame, the same samples; mimi.FrameBatcher).
+
+        A spoken question's `Transcript` comes first; with `late_transcript` it comes after LATE_TRANSCRIPT_FRAMES
+        frames of audio, followed by the text generated meanwhile in one TextDelta: the transcript is a second
+        SenseVoice run (a third of the time to the first sound, full-size int8), and a live answer's first sound
+        need not wait for it.
 
         `audio` (a spoken question) gets one `<|audio_pad|>` per encoder frame after the text, and `images` their 64
         `<|image_pad|>` each after that, as upstream's eval prompts. The history keeps plain text (upstream's demos
@@ -229,9 +252,31 @@ class Conversation:
         if decode_audio and self.model.mimi is None:
             raise OmniError("this bundle has no Mimi decoder, so it can emit codes but not audio; re-export it "
                             "with --mimi <folder of kyutai/mimi>, or run without audio output")
-        audio_embeds, heard = self.model.encode_audio(audio) if audio is not None else (None, "")
-        if audio is not None:
+        wav = None if audio is None else np.asarray(audio, np.float32) if isinstance(audio, np.ndarray) \
+            else load_audio(audio)
+        audio_embeds = None if wav is None else self.model.encode_audio(wav)
+        heard = None if wav is not None else ""  # None: the transcript is still to be made
+        if wav is not None and not (late_transcript and decode_audio):
+            heard = self.model.speech.transcribe(wav)
             yield Transcript(heard)
+        pending = ""  # text generated before the late transcript, held so that the transcript is shown first
+
+        def transcript():
+            nonlocal heard
+            heard = self.model.speech.transcribe(wav)
+            yield Transcript(heard)
+            if pending:
+                yield TextDelta(pending)
+
+        sent = 0  # audio samples yielded
+
+        def audio_chunk(pcm: np.ndarray | None):
+            nonlocal sent
+            if pcm is not None:
+                yield AudioChunk(pcm)
+                sent += len(pcm)
+                if heard is None and sent >= LATE_TRANSCRIPT_FRAMES * self.model.mimi.dims.frame_samples:
+                    yield from transcript()
         image_embeds = [self.model.encode_image(p) for p in images]
         content = user_content(user_text, None if audio_embeds is None else len(audio_embeds), len(images),
                                self.model.config)
@@ -253,26 +298,29 @@ class Conversation:
                         text_ids.append(step.token)
                         text = tok.decode(text_ids)
                         if not text.endswith("\ufffd") and len(text) > len(shown):
-                            yield TextDelta(text[len(shown):])
+                            if heard is None:
+                                pending += text[len(shown):]
+                            else:
+                                yield TextDelta(text[len(shown):])
                             shown = text
                     if step.frame is not None and frames is not None:
-                        pcm = frames.push(step.frame)
-                        if pcm is not None:
-                            yield AudioChunk(pcm)
+                        yield from audio_chunk(frames.push(step.frame))
                     elif step.audio_ended and frames is not None:
                         pcm, frames = frames.flush(), None
-                        if pcm is not None:
-                            yield AudioChunk(pcm)
+                        yield from audio_chunk(pcm)
                         yield AudioEnd()
                 # the loop only stops before max_new_tokens when text and all codebooks have finished
                 reason = "eos" if steps < opts.max_new_tokens else "length"
             except ContextFull:
                 reason = "context"
-            pcm = frames.flush() if frames is not None else None  # frames held for a fuller call
-            if pcm is not None:
-                yield AudioChunk(pcm)
+            yield from audio_chunk(frames.flush() if frames is not None else None)  # frames held for a fuller call
+            if heard is None:  # no audio came
+                yield from transcript()
+        except Withdrawn:
+            return
         except GeneratorExit:  # closed early (barge-in): the turn enters the history as far as it was generated
-            self._commit(user_text, heard, content, tok.decode(text_ids))
+            self._commit(user_text, heard if heard is not None else self.model.speech.transcribe(wav), content,
+                         tok.decode(text_ids))
             raise
         reply = tok.decode(text_ids)
         self._commit(user_text, heard, content, reply)
@@ -290,6 +338,22 @@ class Conversation:
     def _commit(self, user_text: str, heard: str, content: str, reply: str) -> None:
         said = " ".join(t for t in (user_text, heard) if t) or content.replace(IMAGE_PAD, "").strip()
         self.history += [Message("user", said), Message("assistant", reply)]
+
+    def prefill_history(self, open_thinking: bool = False) -> int:
+        """Compute the cache of the next spoken question's prompt up to its speech (the history and the user turn's
+        opening), so that the question itself prefills only its speech and the assistant's opening. For the idle
+        moments of a live conversation: each turn's history changes from its user message on (the speech becomes
+        its transcript), ~200 positions of prefill at the third turn. Returns the positions computed (0 under a
+        voice with reference codes: their place under the prompt depends on the whole prompt's length)."""
+        if self.speaker.ref_codes is not None:
+            return 0
+        cfg = self.model.config
+        ids = self.prompt_ids(user_content(None, 1, 0, cfg), open_thinking)
+        head = np.asarray(ids[:ids.index(cfg.audio_token_id)], np.int64)
+        if not 0 < len(head) < self.context:
+            return 0
+        prefill(self.stepper, head, prompt_codes(cfg, len(head) + 1, self.speaker)[:, :len(head)])
+        return len(head) - self.state.reused
 
     def forget_oldest(self, room: int) -> int:
         """Drop the oldest exchanges (a system message stays) until the history leaves `room` positions of the

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omni_onnx import live, model
+from omni_onnx import codes, generate, live, model
 from omni_onnx.live.sim import SimClock, SimMicrophone, SimSpeaker
 from omni_onnx.bench import live_signal as sig
 from omni_onnx.bench.cli import live_rows, main
 from omni_onnx.bench.live_driver import NOISE_FLOOR, EventLog, LoopedVoice, instrument
 from omni_onnx.generate import GenerationOptions
+from omni_onnx.sampling import AudioSampling
 from omni_onnx.live import LiveSession
 from omni_onnx.model import Conversation, OmniModel
 from omni_onnx.speech import load_audio
@@ -117,6 +118,8 @@ def test_instrumented_session_streams_events_and_speaks_the_voice(tiny_bundle, t
     arrive as JSON lines, the summary is written, and the speaker plays the voice recording, not the model's audio."""
     monkeypatch.setattr(model.Conversation, "respond", model.Conversation.respond)  # restored after the test
     monkeypatch.setattr(live.LiveSession, "run", live.LiveSession.run)
+    monkeypatch.setattr(codes.AudioCodeRing, "__init__", codes.AudioCodeRing.__init__)
+    monkeypatch.setattr(generate, "sample_code", generate.sample_code)
     m = OmniModel.load(tiny_bundle)
     voice24k = np.tile(np.linspace(-0.3, 0.3, 2400, dtype=np.float32), 40)
     instrument(LoopedVoice(voice24k, seed=0), EventLog(tmp_path / "e.jsonl"), tmp_path / "s.json")
@@ -129,8 +132,12 @@ def test_instrumented_session_streams_events_and_speaks_the_voice(tiny_bundle, t
                     GenerationOptions(max_new_tokens=30, greedy=True), None)
     s.run()
     lines = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
-    assert [e["kind"] for e in lines] == ["ready", "speech_start", "pause", "speech_end", "heard", "first_audio",
-                                          "answer_end"]
+    assert [e["kind"] for e in lines] == ["ready", "speech_start", "pause", "speech_end", "first_audio", "heard",
+                                          "answer_end", "prefilled"]
+    stop = m.config.codebook_size  # answers never draw a stop code, however likely the model makes it
+    logits = np.zeros(stop + 64, np.float32)
+    logits[stop + 1] = 100.0
+    assert generate.sample_code(logits, np.zeros(0, np.int64), AudioSampling(), None, True) < stop
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [e["kind"] for e in summary["events"]] == [e["kind"] for e in lines[1:]]
     assert summary["underruns_during_answers"] == 0

@@ -66,38 +66,38 @@ def windows(audio: np.ndarray) -> list[int]:
 
 
 def test_turn_with_pre_roll_pause_and_one_trailing_silence_window():
-    # 5 silent, 10 speech, 10 silent windows: 128 ms (4 windows) start a turn, 96 ms (3) of silence prepare the
-    # answer, 320 ms (10) end the turn
+    # 5 silent, 10 speech, 10 silent windows: 128 ms (4 windows) start a turn, the first silent window (32 ms)
+    # prepares the answer, 256 ms (8) end the turn
     t, events, prepared = run([0.1] * 5 + [0.9] * 10 + [0.2] * 10)
-    assert events == {8: SPEECH_START, 17: PAUSE, 24: SPEECH_END}
+    assert events == {8: SPEECH_START, 15: PAUSE, 22: SPEECH_END}
     turn = windows(t.take_turn())
     assert turn == [3, 4, *range(5, 15), 15]  # 1024-sample pre-roll, speech, one silent window
-    assert prepared[17] == turn  # the prepared answer heard exactly what the confirmed turn holds
+    assert prepared[15] == turn  # the prepared answer heard exactly what the confirmed turn holds
     assert t.take_turn().size == 0
 
 
 def test_speech_after_the_pause_withdraws_it_and_the_turn_goes_on():
     t, events, prepared = run([0.9] * 6 + [0.1] * 5 + [0.9] * 3 + [0.1] * 10)
-    assert events == {3: SPEECH_START, 8: PAUSE, 11: RESUME, 16: PAUSE, 23: SPEECH_END}
-    assert prepared[8] == [0, 1, 2, 3, 4, 5, 6]
-    assert windows(t.take_turn()) == [*range(0, 14), 14] == prepared[16]
+    assert events == {3: SPEECH_START, 6: PAUSE, 11: RESUME, 14: PAUSE, 21: SPEECH_END}
+    assert prepared[6] == [0, 1, 2, 3, 4, 5, 6]
+    assert windows(t.take_turn()) == [*range(0, 14), 14] == prepared[14]
 
 
 def test_blip_shorter_than_min_speech_is_forgotten():
     t, events, _ = run([0.9] * 3 + [0.1] * 3 + [0.9] * 4 + [0.1] * 10)
-    assert events == {9: SPEECH_START, 12: PAUSE, 19: SPEECH_END}
+    assert events == {9: SPEECH_START, 10: PAUSE, 17: SPEECH_END}
     assert windows(t.take_turn()) == [4, 5, 6, 7, 8, 9, 10]
 
 
 def test_threshold_is_strict_and_short_pauses_do_not_end_a_turn():
-    t, events, _ = run([0.8] * 6 + [0.81] * 4 + [0.0] * 9 + [0.9] + [0.0] * 10)
-    assert events == {9: SPEECH_START, 12: PAUSE, 19: RESUME, 22: PAUSE, 29: SPEECH_END}
-    assert windows(t.take_turn())[-1] == 20
+    t, events, _ = run([0.8] * 6 + [0.81] * 4 + [0.0] * 7 + [0.9] + [0.0] * 10)
+    assert events == {9: SPEECH_START, 10: PAUSE, 17: RESUME, 18: PAUSE, 25: SPEECH_END}
+    assert windows(t.take_turn())[-1] == 18
 
 
 def test_speech_over_the_assistant_interrupts_after_barge_in_speech():
     t, events, _ = run([0.1] * 3 + [0.9] * 6 + [0.1] * 10, assistant_speaking=True)
-    assert events == {4: INTERRUPT, 11: PAUSE, 18: SPEECH_END}  # 2 windows (64 ms), then the speech is the next turn
+    assert events == {4: INTERRUPT, 9: PAUSE, 16: SPEECH_END}  # 2 windows (64 ms), then the speech is the next turn
     assert windows(t.take_turn()) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..audio_out import WavWriter
 from ..generate import GenerationOptions
-from ..model import AudioChunk, AudioEnd, Conversation, TextDelta, Transcript, TurnEnd
+from ..model import AudioChunk, AudioEnd, Conversation, TextDelta, Transcript, TurnEnd, withdraw
 from ..speech import audio_token_count
 from .devices import MIC_RATE, Microphone, Speaker
 from .echo import EchoOptions, EchoPath, Resampler
@@ -41,7 +41,8 @@ class LiveEvent:
     time: float  # seconds on the session's clock
     kind: str  # speech_start, pause (answer prepared), resume (preparation dropped), speech_end (the turn is
     # confirmed), heard, first_audio, interrupt, playback_stopped, rejoin (the answer is dropped and the question
-    # goes on), answer_end (text: the answer as it entered the history)
+    # goes on), answer_end (text: the answer as it entered the history), forgot (old messages dropped for room),
+    # prefilled (the history went into the cache while idle)
     text: str = ""
 
 
@@ -88,16 +89,18 @@ class _Answer:
 
 
 class LiveSession:
-    """`record`: a 2-channel 16 kHz WAV writer (microphone, played audio), or None. `show` prints the dialogue."""
+    """`record`: a 2-channel 16 kHz WAV writer (microphone, played audio), or None. `show` prints the dialogue;
+    `on_answer` gets each answer event (Transcript, TextDelta, AudioChunk, AudioEnd, TurnEnd) once it is released,
+    i.e. never those of an answer prepared and dropped."""
 
     def __init__(self, conv: Conversation, vad: SileroVad, mic: Microphone, speaker: Speaker,
                  clock: Callable[[], float], gen: GenerationOptions, rng: np.random.Generator | None,
                  opts: LiveOptions = LiveOptions(), record: WavWriter | None = None,
-                 show: Callable[[str], None] = lambda s: None):
+                 show: Callable[[str], None] = lambda s: None, on_answer: Callable[[object], None] = lambda ev: None):
         if mic.block != opts.turns.window:
             raise ValueError(f"the microphone block ({mic.block}) must be the VAD window ({opts.turns.window})")
         self.conv, self.mic, self.speaker, self.clock = conv, mic, speaker, clock
-        self.gen, self.rng, self.opts, self.show = gen, rng, opts, show
+        self.gen, self.rng, self.opts, self.show, self.on_answer = gen, rng, opts, show, on_answer
         self.record = SideBySide(record) if record is not None else None
         self.turns = TurnTaker(opts.turns)
         self.echo = EchoPath(opts.echo, mic.block, vad)
@@ -159,12 +162,12 @@ class LiveSession:
         forgot = self.conv.forget_oldest(audio_token_count(len(audio)) + self.gen.max_new_tokens)
         if forgot:
             self.log("forgot", f"{forgot} oldest messages, to keep room in the context")
-        self.answer = _Answer(self.conv.respond(None, self.gen, self.rng, audio=audio), len(self.conv.history), audio)
+        self.answer = _Answer(self.conv.respond(None, self.gen, self.rng, audio=audio, late_transcript=True),
+                              len(self.conv.history), audio)
 
     def _drop(self) -> None:
         """The user went on speaking: the prepared answer was never shown or heard."""
-        self.answer.events.close()
-        self.conv.truncate_history(self.answer.history_len)
+        withdraw(self.answer.events)
         self.answer = None
 
     def _confirm(self) -> None:
@@ -185,23 +188,31 @@ class LiveSession:
             return
         if a.wants_step(self.opts.held_frames):
             ev = next(a.events, None)
-            if ev is None or isinstance(ev, TurnEnd):
-                a.generated = True
-                if a.confirmed:
-                    self.speaker.finish()
-            elif a.confirmed:
+            a.generated = ev is None or isinstance(ev, TurnEnd)
+            if ev is not None and a.confirmed:
                 self._emit(ev)
-            else:
+            elif ev is not None:
                 a.held.append(ev)
                 a.held_frames += isinstance(ev, AudioChunk)
+            if a.generated and a.confirmed:
+                self.speaker.finish()
         elif a.confirmed and a.generated and not self.speaker.busy:
             self.turns.assistant_speaking = False
             self.log("answer_end", self.conv.history[-1].content)
             self.show("\n")
             self.answer = None
+            self._prefill_history()
+
+    def _prefill_history(self) -> None:
+        """Between answers, with nothing to play: the next question's prompt up to its speech goes into the cache
+        now, not after the user has stopped (not while an answer plays: it would hold up barge-in detection)."""
+        computed = self.conv.prefill_history(self.gen.open_thinking)
+        if computed:
+            self.log("prefilled", f"{computed} positions of history")
 
     def _emit(self, ev) -> None:
         a = self.answer
+        self.on_answer(ev)
         if isinstance(ev, Transcript):
             self.log("heard", ev.text)
             self.show(f"{ev.text}\nomni> ")
@@ -239,6 +250,7 @@ class LiveSession:
             self.conv.amend_last_reply(heard[-1] if heard else "")
             self.log("answer_end", self.conv.history[-1].content)
         self.show(" [interrupted]\n")
+        self._prefill_history()
 
     def _input_ended(self) -> None:
         """No more microphone: a confirmed answer is generated to its end (the caller lets it play), a prepared one

@@ -194,10 +194,11 @@ class PageSpeaker:
 
 
 def listen(conv, vad, mic: PageMicrophone, speaker: PageSpeaker, gen, rng,
-           on_event: Callable[[str, str], None]) -> None:
+           on_event: Callable[[str, str], None], on_answer: Callable[[object], None]) -> None:
     """One listening stretch of the live engine, until the microphone ends it (`end_stretch`), the page stops the
     answer (`Halted`) or leaves (`PageGone`). `on_event(kind, text)` gets the engine's events (speech_start, pause,
-    resume, speech_end, rejoin, heard, first_audio, interrupt, playback_stopped, answer_end) as they happen."""
+    resume, speech_end, rejoin, heard, first_audio, interrupt, playback_stopped, answer_end) as they happen,
+    `on_answer` each answer's events once released (not those of an answer prepared and dropped)."""
 
     class PageSession(LiveSession):
         def log(self, kind: str, text: str = "") -> None:
@@ -206,4 +207,4 @@ def listen(conv, vad, mic: PageMicrophone, speaker: PageSpeaker, gen, rng,
 
     mic.begin_stretch()
     vad.reset()
-    PageSession(conv, vad, mic, speaker, time.monotonic, gen, rng, LIVE_OPTIONS).run()
+    PageSession(conv, vad, mic, speaker, time.monotonic, gen, rng, LIVE_OPTIONS, on_answer=on_answer).run()

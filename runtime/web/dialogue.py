@@ -37,21 +37,16 @@ class Command:
 
 
 class PageConversation:
-    """The conversation as the live engine sees it: each answer is also streamed to the page, and images attached on
-    the page go with the next turn, spoken or typed."""
+    """The conversation as the live engine sees it: the images attached on the page go with each answer until one
+    is released to the page (`_on_answer` clears them), so a prepared answer that the user's speech
+    withdraws does not use them up."""
 
-    def __init__(self, conv: Conversation, on_answer: Callable[[object], None], take_images: Callable[[], list]):
-        self.conv, self._on_answer, self._take_images = conv, on_answer, take_images
+    def __init__(self, conv: Conversation, images: Callable[[], list]):
+        self.conv, self._images = conv, images
 
     def respond(self, user_text, opts, rng=None, **kw):
-        images = tuple(self._take_images())
-        inner = self.conv.respond(user_text, opts, rng, images=images + tuple(kw.pop("images", ())), **kw)
-        try:
-            for ev in inner:
-                self._on_answer(ev)
-                yield ev
-        finally:
-            inner.close()  # closed early (barge-in, page gone): the history keeps what was generated
+        return self.conv.respond(user_text, opts, rng, images=tuple(self._images()) + tuple(kw.pop("images", ())),
+                                 **kw)
 
     def __getattr__(self, name):
         return getattr(self.conv, name)
@@ -109,8 +104,8 @@ class Dialogue:
             while True:
                 if self.live:
                     try:
-                        listen(PageConversation(self.conv, self._on_answer, self._take_images), self.vad, self.mic,
-                               self.speaker, self.gen, self.rng, self._on_event)
+                        listen(PageConversation(self.conv, self._attached), self.vad, self.mic,
+                               self.speaker, self.gen, self.rng, self._on_event, self._on_answer)
                     except OmniError as e:  # a turn the model refuses (context full...): say so, keep listening
                         self.send({"type": "error", "message": str(e)})
                         continue
@@ -145,6 +140,8 @@ class Dialogue:
             self.send({"type": "event", "kind": kind, "text": text})
 
     def _on_answer(self, ev) -> None:
+        """An answer's event as the page gets it; the first one means the attached images went with it."""
+        self._images = []
         if isinstance(ev, Transcript):
             self.send({"type": "heard", "text": ev.text})
         elif isinstance(ev, TextDelta):
@@ -152,9 +149,8 @@ class Dialogue:
         elif isinstance(ev, TurnEnd):
             self.send({"type": "end", "text": ev.text, "reason": ev.reason})
 
-    def _take_images(self) -> list[Path]:
-        images, self._images = self._images, []
-        return images
+    def _attached(self) -> list[Path]:
+        return list(self._images)
 
     def _handle(self, cmd: Command) -> None:
         try:
@@ -187,10 +183,11 @@ class Dialogue:
             return
         self._cancel.clear()
         self.send({"type": "event", "kind": "turn", "text": ""})
-        answer = PageConversation(self.conv, self._on_answer, self._take_images).respond(
+        answer = PageConversation(self.conv, self._attached).respond(
             text, self.gen, self.rng, decode_audio=self.model.mimi is not None)
         try:
             for ev in answer:
+                self._on_answer(ev)
                 if isinstance(ev, AudioChunk):
                     self.speaker.write(ev.pcm)
                 if self._cancel.is_set():
