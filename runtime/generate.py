@@ -62,10 +62,13 @@ class KVCache:
 
 
 class ModelState:
-    """Everything one conversation's graphs remember: both KV caches and the columns that produced them.
+    """Everything one conversation's graphs remember: both KV caches and the inputs that produced them.
 
-    The columns (text id + 8 codes per position) let the next turn reuse the longest cached prefix whose inputs are
-    identical to the new prompt's, so the result equals a fresh prefill of the whole history (upstream's way).
+    The inputs (text id per Thinker position, 8 codes per Talker position) let the next turn reuse the longest cached
+    prefix whose inputs are identical to the new prompt's, so the result equals a fresh prefill of the whole history
+    (upstream's way). The Thinker reads only the ids, so its prefix can be longer than the Talker's (a voice's
+    reference codes sit under the end of the prompt and move with its length); the Thinker's bridge rows are kept
+    so that the Talker can catch up without the Thinker running again.
     """
 
     def __init__(self, cfg: ModelConfig, capacity: int, cache: type = KVCache):
@@ -76,23 +79,35 @@ class ModelState:
                             cfg.talker_head_dim)
         self.ids = np.zeros(capacity, np.int64)
         self.codes = np.zeros((cfg.num_codebooks, capacity), np.int64)
-        self.reused = 0  # positions the last prefill took from the cache instead of recomputing
+        self.bridge = lazy_zeros((capacity, cfg.hidden_size), np.float32)  # resident as far as written
+        self.reused = 0  # Thinker positions the last prefill took from the cache instead of recomputing
 
     @property
     def length(self) -> int:
         return self.thinker.length
 
-    def truncate(self, n: int) -> None:
-        self.thinker.length = self.talker.length = min(n, self.length)
+    def truncate(self, thinker: int, talker: int | None = None) -> None:
+        """Keep the first `thinker` Thinker positions and `talker` Talker positions (default: as many), never more
+        than are cached, and never more Talker than Thinker positions."""
+        self.thinker.length = min(thinker, self.thinker.length)
+        self.talker.length = min(thinker if talker is None else talker, self.talker.length, self.thinker.length)
 
-    def reusable_prefix(self, ids: np.ndarray, codes: np.ndarray, feature_mask: np.ndarray | None = None) -> int:
-        """Length of the cached prefix equal to (ids, codes), leaving at least one position to recompute.
-        Positions that carry injected features never match (their input is not the token id)."""
+    def reusable_prefix(self, ids: np.ndarray, codes: np.ndarray | None,
+                        feature_mask: np.ndarray | None = None) -> tuple[int, int]:
+        """(Thinker, Talker) lengths of the cached prefixes whose inputs equal (ids) and (ids, codes), leaving at
+        least one position to recompute; codes None: the Talker's is kept as far as the Thinker's (a later prefill
+        with codes compares them). Positions that carry injected features never match (their input is not the
+        token id)."""
         n = min(self.length, len(ids) - 1)
-        same = (self.ids[:n] == ids[:n]) & (self.codes[:, :n] == codes[:, :n]).all(axis=0)
+        same = self.ids[:n] == ids[:n]
         if feature_mask is not None:
             same &= ~feature_mask[:n]
-        return n if same.all() else int(np.argmin(same))
+        thinker = n if same.all() else int(np.argmin(same))
+        m = min(thinker, self.talker.length)
+        if codes is None:
+            return thinker, m
+        same = (self.codes[:, :m] == codes[:, :m]).all(axis=0)
+        return thinker, m if same.all() else int(np.argmin(same))
 
 
 @dataclass(frozen=True)
@@ -141,9 +156,16 @@ class Stepper:
 
     def run(self, ids: np.ndarray, codes: np.ndarray, feature_embeds: np.ndarray | None = None,
             feature_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Feed positions (ids int64 [T], codes int64 [8, T]); return (text logits [V], audio logits [8, A])."""
+        """Feed ids int64 [T] to the Thinker after its cached positions, then codes int64 [8, lag + T] to the Talker
+        after its own (`lag`: positions it is behind the Thinker); return (text logits [V], audio logits [8, A])."""
+        out = self.think(ids, feature_embeds, feature_mask)
+        return out["logits"][0], self.talk(codes)["audio_logits"][0]
+
+    def think(self, ids: np.ndarray, feature_embeds: np.ndarray | None = None,
+              feature_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The Thinker over new positions (ids int64 [T]); its outputs. The Talker is left behind by T positions."""
         st, t = self.state, len(ids)
-        start = st.length
+        start = st.thinker.length
         if start + t > st.capacity:
             raise ContextFull(f"{start + t} positions exceed the context of {st.capacity}")
         if feature_embeds is None:
@@ -151,14 +173,25 @@ class Stepper:
                 np.zeros((1, t, self.cfg.hidden_size), np.float32), np.zeros((1, t), bool))
         out = self._run_graph(self.thinker, st.thinker, {"input_ids": ids[None], "feature_embeds": feature_embeds,
                                                          "feature_mask": feature_mask})
-        spk_mask = (codes[0] == self.cfg.audio_spk_code)[None] & self.has_spk
-        aout = self._run_graph(self.talker, st.talker, {"bridge": out["bridge"], "codes": codes[None],
-                                                        "spk_mask": spk_mask, "spk_emb": self.spk_emb})
         st.thinker.append(out, t)
-        st.talker.append(aout, t)
         st.ids[start:start + t] = np.where(feature_mask[0], FEATURE_ID, ids)
+        st.bridge[start:start + t] = out["bridge"][0]
+        return out
+
+    def talk(self, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """The Talker over its next positions (codes int64 [8, T], T at most as many as it is behind the Thinker),
+        from the Thinker's bridge rows; its outputs."""
+        st, t = self.state, codes.shape[1]
+        start = st.talker.length
+        if start + t > st.thinker.length:
+            raise ValueError(f"the Talker is {st.thinker.length - start} positions behind the Thinker, not {t}")
+        spk_mask = (codes[0] == self.cfg.audio_spk_code)[None] & self.has_spk
+        aout = self._run_graph(self.talker, st.talker, {"bridge": st.bridge[None, start:start + t],
+                                                        "codes": codes[None], "spk_mask": spk_mask,
+                                                        "spk_emb": self.spk_emb})
+        st.talker.append(aout, t)
         st.codes[:, start:start + t] = codes
-        return out["logits"][0], aout["audio_logits"][0]
+        return aout
 
     def _run_graph(self, session: GraphSession, cache: KVCache, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph call over the feeds' new positions after the cached ones (static bundles override this)."""
@@ -173,15 +206,20 @@ class Step:
     audio_ended: bool = False  # a codebook has reached its stop code: no frame follows, text may go on
 
 
-def prefill(stepper: Stepper, ids: np.ndarray, codes: np.ndarray, features: Features | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Bring the caches to exactly the positions (ids int64 [T], codes int64 [8, T]), recomputing only after the
-    longest cached prefix with the same inputs; the last position's (text logits, audio logits)."""
+def prefill(stepper: Stepper, ids: np.ndarray, codes: np.ndarray | None, features: Features | None = None
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bring the caches to exactly the positions (ids int64 [T], codes int64 [8, T]), recomputing each graph only
+    after its longest cached prefix with the same inputs; the last position's (text logits, audio logits).
+    codes None: the Thinker alone (the Talker's inputs are not known yet); returns None."""
     st = stepper.state
-    st.reused = reuse = st.reusable_prefix(ids, codes, None if features is None else features.mask)
-    st.truncate(reuse)
-    embeds, mask = (None, None) if features is None else (features.embeds[None, reuse:], features.mask[None, reuse:])
-    return stepper.run(ids[reuse:], codes[:, reuse:], embeds, mask)
+    embeds, mask = (None, None) if features is None else (features.embeds[None], features.mask[None])
+    thinker, talker = st.reusable_prefix(ids, codes, None if mask is None else mask[0])
+    st.reused = thinker
+    st.truncate(thinker, talker)
+    out = stepper.think(ids[thinker:], *((None, None) if mask is None else (embeds[:, thinker:], mask[:, thinker:])))
+    if codes is None:
+        return None
+    return out["logits"][0], stepper.talk(codes[:, st.talker.length:])["audio_logits"][0]
 
 
 def generate(stepper: Stepper, prompt_ids: list[int], speaker: Speaker, opts: GenerationOptions,

@@ -343,16 +343,17 @@ class Conversation:
         """Compute the cache of the next spoken question's prompt up to its speech (the history and the user turn's
         opening), so that the question itself prefills only its speech and the assistant's opening. For the idle
         moments of a live conversation: each turn's history changes from its user message on (the speech becomes
-        its transcript), ~200 positions of prefill at the third turn. Returns the positions computed (0 under a
-        voice with reference codes: their place under the prompt depends on the whole prompt's length)."""
-        if self.speaker.ref_codes is not None:
-            return 0
+        its transcript), ~200 positions of prefill at the third turn. Under a voice with reference codes only the
+        Thinker is prefilled: those codes sit under the end of the prompt, so the Talker's inputs depend on the
+        question's length. Returns the Thinker positions computed."""
         cfg = self.model.config
         ids = self.prompt_ids(user_content(None, 1, 0, cfg), open_thinking)
         head = np.asarray(ids[:ids.index(cfg.audio_token_id)], np.int64)
         if not 0 < len(head) < self.context:
             return 0
-        prefill(self.stepper, head, prompt_codes(cfg, len(head) + 1, self.speaker)[:, :len(head)])
+        codes = None if self.speaker.ref_codes is not None else \
+            prompt_codes(cfg, len(head) + 1, self.speaker)[:, :len(head)]  # all pads: a speaker code goes at the end
+        prefill(self.stepper, head, codes)
         return len(head) - self.state.reused
 
     def forget_oldest(self, room: int) -> int:

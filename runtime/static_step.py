@@ -3,9 +3,10 @@
 The static Thinker/Talker take the whole preallocated KV buffer [1, kv_heads, context, head_dim] plus `position`
 (slots already filled) and new positions in fixed chunks (`length` of them real), and write the chunk's K/V into
 the buffer themselves: each buffer is bound as both `past_*` and `present_*` (onnxruntime IO binding), so nothing
-is copied and a call reads only the filled slots. `run` splits the new positions into chunks (the prefill graph
+is copied and a call reads only the filled slots. `think` and `talk` split the new positions into chunks (the prefill graph
 for several, the decode graph for one or for a tail whose padded chunk would run past the buffer), pads each chunk
-to the graph's size and keeps only the real rows of `bridge`. Greedy output equals the dynamic bundle's.
+to the graph's size and keeps only the real rows of `bridge` (the Thinker and the Talker are chunked separately: the
+Talker may be behind). Greedy output equals the dynamic bundle's.
 """
 
 from __future__ import annotations
@@ -63,21 +64,33 @@ class StaticStepper(Stepper):
         axis = self._in_axes[spec.graph.removesuffix(PREFILL_SUFFIX)][name]
         return next(t.dims[axis] for t in spec.inputs if t.name == name)
 
-    def run(self, ids: np.ndarray, codes: np.ndarray, feature_embeds: np.ndarray | None = None,
-            feature_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """As Stepper.run, one chunk at a time (the context check covers all positions before any is written).
-        A padded chunk must fit the buffer, so positions after the last whole chunk that fits go one by one."""
-        st, t = self.state, len(ids)
-        if st.length + t > st.capacity:
-            raise ContextFull(f"{st.length + t} positions exceed the context of {st.capacity}")
+    def think(self, ids: np.ndarray, feature_embeds: np.ndarray | None = None,
+              feature_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """As Stepper.think, one chunk at a time (the context check covers all positions before any is written)."""
+        st = self.state
+        if st.thinker.length + len(ids) > st.capacity:
+            raise ContextFull(f"{st.thinker.length + len(ids)} positions exceed the context of {st.capacity}")
+        out = {}
+        for a, b in self._spans(st.thinker, len(ids)):
+            feats = (None, None) if feature_embeds is None else (feature_embeds[:, a:b], feature_mask[:, a:b])
+            out = super().think(ids[a:b], *feats)
+        return out
+
+    def talk(self, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """As Stepper.talk, one chunk at a time."""
+        out = {}
+        for a, b in self._spans(self.state.talker, codes.shape[1]):
+            out = super().talk(codes[:, a:b])
+        return out
+
+    def _spans(self, cache: BufferCache, t: int):
+        """(start, end) of each chunk of `t` new positions: a padded chunk must fit the buffer, so positions after
+        the last whole chunk that fits go one by one (`cache.length` grows as each chunk is run)."""
         a = 0
         while a < t:
-            fits = st.length + self.chunk <= st.capacity
-            b = min(a + (self.chunk if fits else 1), t)
-            feats = (None, None) if feature_embeds is None else (feature_embeds[:, a:b], feature_mask[:, a:b])
-            logits = super().run(ids[a:b], codes[:, a:b], *feats)
+            b = min(a + (self.chunk if cache.length + self.chunk <= cache.capacity else 1), t)
+            yield a, b
             a = b
-        return logits
 
     def _run_graph(self, session: GraphSession, cache: BufferCache, feeds: dict[str, np.ndarray]
                    ) -> dict[str, np.ndarray]:

@@ -8,20 +8,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from omni_onnx.dump import CodeDump
 from omni_onnx.export.reference import chat_prompt_ids, reference_generate
+from omni_onnx.export.voices import RELEASED_VOICES
 from omni_onnx.generate import GenerationOptions
 from omni_onnx.inject import AUDIO_PAD
 from omni_onnx.model import LATE_TRANSCRIPT_FRAMES, AudioChunk, Conversation, OmniModel, TextDelta, Transcript, withdraw
 from omni_onnx.speech import load_audio
+from omni_onnx.voices import Voice
 
 QUESTION = Path(__file__).parent / "fixtures" / "eval_omni" / "audio-en-05_why_is_the_sky_blue.mp3"
 GREEDY = GenerationOptions(max_new_tokens=20, greedy=True)
 
 
-def test_history_prefilled_while_idle_then_the_turn_equals_a_fresh_prefill(tiny_bundle, tiny_torch_model):
-    conv = Conversation(OmniModel.load(tiny_bundle), context=512)
+@pytest.fixture(scope="module")
+def lively(tiny_lively_checkpoint, tmp_path_factory):
+    """Thinker + Talker with the released voices, on weights whose text and codes follow their inputs (the raw tiny
+    model's codes barely do: a Talker fed stale codes still matched the reference), and its torch reference."""
+    from omni_onnx.export.checkpoint import load_model
+    from omni_onnx.export.cli import Sources, export_bundle
+    bundle = export_bundle(Sources(tiny_lively_checkpoint), tmp_path_factory.mktemp("live-turn") / "b", verify=False)
+    return OmniModel.load(bundle), load_model(tiny_lively_checkpoint)
+
+
+def test_history_prefilled_while_idle_then_the_turn_equals_a_fresh_prefill(lively):
+    model, torch_model = lively
+    conv = Conversation(model, context=512)
     list(conv.respond("Hello", GREEDY, decode_audio=False))
     computed = conv.prefill_history()
     history = [{"role": m.role, "content": m.content} for m in conv.history]
@@ -32,8 +46,28 @@ def test_history_prefilled_while_idle_then_the_turn_equals_a_fresh_prefill(tiny_
     second = CodeDump([])
     list(conv.respond("Tell me more.", GREEDY, decode_audio=False, record=second))
     assert conv.state.reused == len(head)  # the question's prefill began right after the prefilled head
-    ref = reference_generate(tiny_torch_model, chat_prompt_ids(history + [{"role": "user", "content": "Tell me more."}]),
+    ref = reference_generate(torch_model, chat_prompt_ids(history + [{"role": "user", "content": "Tell me more."}]),
                              20, greedy=True)
+    assert (second.prompt_ids, second.text_ids, second.audio_codes) == (ref.prompt_ids, ref.text_ids, ref.audio_codes)
+
+
+def test_under_a_voice_the_thinker_alone_is_prefilled_and_the_turn_equals_the_reference(lively):
+    """A voice's reference codes sit under the end of the prompt, so the Talker cannot be prefilled before the
+    question; the Thinker can, and the Talker then catches up from the Thinker's cached bridge rows."""
+    model, torch_model = lively
+    conv = Conversation(model, voice="dylan", context=512)
+    list(conv.respond("Hello", GREEDY, decode_audio=False))
+    assert conv.prefill_history() > 0
+    history = [{"role": m.role, "content": m.content} for m in conv.history]
+    spoken = chat_prompt_ids(history + [{"role": "user", "content": AUDIO_PAD}])
+    head = spoken.index(conv.model.config.audio_token_id)
+    assert conv.state.length == head > conv.state.talker.length
+    second = CodeDump([])
+    list(conv.respond("Tell me more.", GREEDY, decode_audio=False, record=second))
+    assert conv.state.reused == head
+    voice = Voice.load(RELEASED_VOICES / "dylan.npz")
+    ref = reference_generate(torch_model, chat_prompt_ids(history + [{"role": "user", "content": "Tell me more."}]),
+                             20, greedy=True, ref_codes=voice.ref_codes, spk_emb=voice.spk_emb)
     assert (second.prompt_ids, second.text_ids, second.audio_codes) == (ref.prompt_ids, ref.text_ids, ref.audio_codes)
 
 

@@ -36,10 +36,16 @@ class FakeStepper:
         self.cfg, self.state = TINY, ModelState(TINY, 256)
         self.prompt_len, self.thinking = prompt_len, thinking
 
-    def run(self, ids, codes, feature_embeds=None, feature_mask=None):
+    def think(self, ids, feature_embeds=None, feature_mask=None):
         self.state.thinker.length += len(ids)
-        self.state.talker.length += len(ids)
-        return scripted(self.state.length - self.prompt_len, self.thinking)
+        return {"logits": scripted(self.state.length - self.prompt_len, self.thinking)[0][None]}
+
+    def talk(self, codes):
+        self.state.talker.length += codes.shape[1]
+        return {"audio_logits": scripted(self.state.talker.length - self.prompt_len, self.thinking)[1][None]}
+
+    def run(self, ids, codes, feature_embeds=None, feature_mask=None):
+        return self.think(ids)["logits"][0], self.talk(codes)["audio_logits"][0]
 
 
 class FakeTorchModel:
