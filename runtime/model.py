@@ -193,9 +193,10 @@ class TurnEnd:
     reason: str  # "eos" (text and audio finished), "length" (max_new_tokens) or "context" (context limit)
 
 
-# A live answer starts playing as soon as its first frame exists; each next frame takes ~20 ms to make (full-size
-# int8) for 80 ms of audio. After 4 frames the player is ~250 ms ahead, enough for the transcript's SenseVoice run
-# (70-80 ms for a 3 s question); right after the first frame, that run made the loudspeaker run dry (measured live).
+# A live answer starts playing as soon as its first frame exists; each next frame takes ~18 ms to make (full-size
+# int8: greedy step 7.8 ms + one-frame Mimi 10.7 ms, measured) for 80 ms of audio, so after 4 frames the player is
+# some 260 ms ahead: room for the transcript's SenseVoice run (encoding and transcript together took 130-144 ms for
+# 1.8-3.2 s questions, measured). Run right after the first frame, it made the loudspeaker run dry (measured live).
 LATE_TRANSCRIPT_FRAMES = 4
 
 DEFAULT_CONTEXT = 2048  # KV positions of a dynamic bundle's conversation when none is asked for
@@ -237,7 +238,7 @@ class Conversation:
 
         A spoken question's `Transcript` comes first; with `late_transcript` it comes after LATE_TRANSCRIPT_FRAMES
         frames of audio, followed by the text generated meanwhile in one TextDelta: the transcript is a second
-        SenseVoice run (a third of the time to the first sound, full-size int8), and a live answer's first sound
+        SenseVoice run (about a quarter of the time to the first sound, full-size int8), and a live answer's first sound
         need not wait for it.
 
         `audio` (a spoken question) gets one `<|audio_pad|>` per encoder frame after the text, and `images` their 64
@@ -343,7 +344,7 @@ class Conversation:
         """Compute the cache of the next spoken question's prompt up to its speech (the history and the user turn's
         opening), so that the question itself prefills only its speech and the assistant's opening. For the idle
         moments of a live conversation: each turn's history changes from its user message on (the speech becomes
-        its transcript), ~200 positions of prefill at the third turn. Under a voice with reference codes only the
+        its transcript): 150-190 positions per turn with 40-token answers, 60-130 ms full-size int8 (measured). Under a voice with reference codes only the
         Thinker is prefilled: those codes sit under the end of the prompt, so the Talker's inputs depend on the
         question's length. Returns the Thinker positions computed."""
         cfg = self.model.config

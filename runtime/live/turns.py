@@ -7,11 +7,11 @@ can be prepared speculatively, and speech after it (RESUME) withdraws that annou
 Differences from upstream, each for a stated reason:
 - windows of 512 samples, not 1024: the bundled Silero model (v5+) takes 512 (upstream ships v4);
 - 256 ms of silence ends a turn, not 800: on a real sound server (the live benchmark) the VAD's release (30-180 ms
-  after the last sound) and the devices (~60 ms) come on top, so 320 ms gave 450-510 ms from the end of speech to
-  the first answer sound and 256 ms gives ~400; a pause of 300 ms or more inside a question is then taken for its
+  after the last sound) and the devices (~60 ms) come on top, so 320 ms gave medians of 454-510 ms from the end of speech
+  to the first answer sound and 256 ms gives 385-434; a pause of 300 ms or more inside a question is then taken for its
   end, and speech within `LiveOptions.rejoin` of the answer's start drops the answer and continues the question;
 - the answer is prepared from the first silent window on (`pause`), so that its compute (full-size int8: SenseVoice,
-  prefill, 8 delay steps, first Mimi frame, ~170-240 ms) fits before the turn is confirmed;
+  prefill, 8 delay steps, first Mimi frame: 155-192 ms measured offline) fits before the turn is confirmed;
 - pre-roll is given in samples (1024 = upstream's one 1024-sample window);
 - an interruption needs only `barge_in_speech` (64 ms), not `min_speech` (128 ms): 128 ms of speech cannot be
   confirmed within a 200 ms barge-in budget once device latency is counted;
