@@ -73,6 +73,19 @@ def test_capture_at_48k_gives_16k_blocks(fake_sd):
     assert mic.poll() == []
 
 
+def test_microphone_backlog_is_what_was_captured_and_not_yet_returned(fake_sd):
+    mic = DeviceMicrophone()
+    for _ in range(10):  # 100 ms at 48 kHz
+        mic._stream.callback(np.full((480, 1), 0.1, np.float32), 480, None, None)
+    assert mic.backlog == 1600
+    mic.read()
+    waiting = mic.backlog
+    blocks = mic.poll()
+    assert 0 <= mic.backlog < 512 and blocks  # a block that is not complete yet
+    assert abs(waiting - (512 * len(blocks) + mic.backlog)) < 16  # queued device blocks count at the nominal
+    # rate; the resampler's delay moves a few samples between them
+
+
 def test_missing_input_device_is_a_clear_error(fake_sd):
     with pytest.raises(OmniError, match="--list-devices"):
         DeviceMicrophone(7)
@@ -148,6 +161,35 @@ def test_echo_reference_is_kept_just_ahead_of_the_playback():
     np.testing.assert_array_equal(stalled.next(x, 512), np.r_[np.zeros(256, np.float32), x])
 
 
+def test_echo_reference_ignores_how_far_behind_the_caller_is():
+    """After the first trim the reference stays continuous while the caller falls behind the devices for seconds
+    (an answer generated between polls: blocks come in batches, and the played audio taken with the first block of
+    a batch includes what played while the later ones were captured). Counting that lag as lead trimmed the
+    reference again in mid-answer, which moved the echo path under the canceller (traced on a sound server)."""
+    want = Resampler(24000, 16000)(np.random.default_rng(0).normal(0, 0.1, 300 * 768).astype(np.float32))
+    ref = EchoReference(lead=0.03, tolerance=0.02, settle=1.0)
+    head, batch, lag = 2400, 4, 2048  # played before the first block; blocks per poll; 128 ms behind the devices
+    got, taken = [], 0
+
+    def feed(upto: int, behind: int) -> None:
+        nonlocal taken
+        got.append(ref.next(want[taken:upto], 512, behind))
+        taken = upto
+
+    for k in range(64):  # 2 s in time, one block per poll
+        feed(head + (k + 1) * 512, 0)
+    k = 64
+    while head + (k + batch) * 512 + lag <= len(want):
+        last = k + batch - 1
+        for i in range(k, k + batch):
+            feed(head + (last + 1) * 512 + lag, (last - i) * 512 + lag)
+        k += batch
+    got = np.concatenate(got)
+    skipped = head - 480  # at the first trim (after 1 s): then 30 ms behind the newest played audio
+    np.testing.assert_array_equal(got[:16384], want[:16384])
+    np.testing.assert_array_equal(got[16384:], want[16384 + skipped:len(got) + skipped])
+
+
 def test_echo_guard_learns_the_echo_path():
     rng = np.random.default_rng(0)
     guard = EchoGuard()
@@ -160,6 +202,27 @@ def test_echo_guard_learns_the_echo_path():
     assert not guard.is_echo(0.3 * ref + rng.normal(0, 0.1, 512).astype(np.float32), ref, speech=True)
     silent = np.zeros(512, np.float32)
     assert not EchoGuard().is_echo(np.full(512, 0.01, np.float32), silent, speech=True)  # nothing played
+
+
+def test_echo_guard_keeps_the_gain_it_measured_when_the_delay_becomes_known():
+    """A -10 dB echo 100 ms late, measured with any delay; then the delay is locked at the start of a pause. The
+    windows of the pause measure almost no echo under the loud envelope of the word before it, but the next word's
+    echo is still taken for echo: the gain measured before is the floor until the history is measured anew."""
+    rng = np.random.default_rng(0)
+    guard, late = EchoGuard(), [np.zeros(512, np.float32)] * 3  # 3 windows: 96 ms
+
+    def play(ref: np.ndarray, delay: float | None) -> bool:
+        late.append(ref)
+        return guard.is_echo(0.316 * late.pop(0), ref, speech=True, delay=delay)
+
+    for _ in range(60):
+        play(rng.normal(0, 0.1, 512).astype(np.float32), None)
+    before = guard.gain
+    assert before == pytest.approx(0.316, rel=0.1)
+    for _ in range(14):  # a pause: 450 ms
+        play(np.zeros(512, np.float32), 0.1)
+    word = [play(rng.normal(0, 0.1, 512).astype(np.float32), 0.1) for _ in range(6)]
+    assert all(word) and guard.gain >= before
 
 
 def test_echo_guard_with_a_known_delay_listens_only_around_it():

@@ -46,14 +46,15 @@ def test_bundle_without_vad_is_a_clear_error(tiny_bundle):
         SileroVad.from_bundle(b)(np.zeros(1024, np.float32))
 
 
-def run(probs: list[float], assistant_speaking: bool = False, opts: TurnOptions = TurnOptions()):
+def run(probs: list[float], assistant_speaking: bool = False, opts: TurnOptions = TurnOptions(),
+        masked: set[int] = frozenset()):
     """Window i holds the value i, so a turn's audio shows which windows it kept. At each PAUSE the audio the answer
-    is prepared from is kept in `prepared`."""
+    is prepared from is kept in `prepared`. Windows in `masked` are speech vetoed as echo (probability 0)."""
     t = TurnTaker(opts)
     t.assistant_speaking = assistant_speaking
     events, prepared = {}, {}
     for i, p in enumerate(probs):
-        ev = t.push(np.full(512, i, np.float32), p)
+        ev = t.push(np.full(512, i, np.float32), p, i in masked)
         if ev is not None:
             events[i] = ev
         if ev == PAUSE:
@@ -99,6 +100,20 @@ def test_speech_over_the_assistant_interrupts_after_barge_in_speech():
     t, events, _ = run([0.1] * 3 + [0.9] * 6 + [0.1] * 10, assistant_speaking=True)
     assert events == {4: INTERRUPT, 9: PAUSE, 16: SPEECH_END}  # 2 windows (64 ms), then the speech is the next turn
     assert windows(t.take_turn()) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_speech_masked_as_echo_neither_ends_nor_starts_a_turn():
+    """After a barge-in the user goes on under the answer's echo tail, vetoed by the guard (masked): the turn waits
+    for the tail to pass and ends after the real end of speech, keeping the masked windows. Outside a turn a masked
+    window is silence: echo never starts one."""
+    probs = [0.1] * 3 + [0.9] * 2 + [0.0] * 12 + [0.9] * 5 + [0.1] * 10
+    t, events, _ = run(probs, assistant_speaking=True, masked=set(range(5, 17)))
+    assert events == {4: INTERRUPT, 22: PAUSE, 29: SPEECH_END}
+    assert windows(t.take_turn()) == list(range(1, 23))
+    _, events, _ = run(probs, assistant_speaking=True)  # the same windows as plain silence: the turn ends at once
+    assert events[5] == PAUSE and events[12] == SPEECH_END
+    _, events, _ = run([0.0] * 10, assistant_speaking=True, masked=set(range(10)))
+    assert events == {}
 
 
 @pytest.mark.parametrize("kw", [{"window": 1024}, {"threshold": 1.0}, {"min_silence": 0}, {"pre_roll": -1},

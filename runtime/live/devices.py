@@ -33,6 +33,11 @@ PLAYBACK_BLOCK = 480  # 20 ms at 24 kHz: what the speaker has queued at the devi
 class Microphone(Protocol):
     block: int
 
+    @property
+    def backlog(self) -> int:
+        """Samples captured but not yet returned by `read` / `poll`: how far behind the device the caller is. The
+        echo reference needs it to pair each block with what was playing when it was captured."""
+
     def read(self) -> np.ndarray | None:
         """The next block, waiting for it; None once the input has ended."""
 
@@ -119,6 +124,11 @@ class DeviceMicrophone:
 
     def _callback(self, indata, frames, time, status) -> None:
         self._q.put(indata[:, 0].copy())
+
+    @property
+    def backlog(self) -> int:
+        queued = self._q.qsize() * round(self.rate * CAPTURE_SECONDS) * MIC_RATE // self.rate
+        return queued + len(self._pending) + len(self._ready) * self.block
 
     def _cut(self, raw: np.ndarray) -> list[np.ndarray]:
         pcm = self._resampler.resample_chunk(raw) if self._resampler is not None else raw

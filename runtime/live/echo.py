@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,15 +58,18 @@ class Resampler:
 
 class EchoReference:
     """What the speaker played, at the microphone's rate, one block per microphone block, kept early: the block
-    handed out is the oldest played audio not yet handed out, and the audio received but not yet handed out (the
-    lead) is trimmed to `lead` seconds whenever it stayed above `lead + tolerance` for `settle` seconds. The played
-    stream's samples arrive when the output callback hands them to the device, before they are heard (the device's
-    buffer, then the microphone's), so a reference that is at most `lead + tolerance` behind the newest of them is
-    ahead of the echo: what the canceller and the delay estimator need. Aligning by index from each stream's start
-    is not enough: on PulseAudio the capture stream delivers its first block ~1.7 s after it was started, while
-    the playback stream runs from its start, and the reference came out 50-80 ms behind the echo (measured), which
-    no canceller can remove. The two streams run on one clock, so after the first trim the alignment holds; a
-    stalled output callback (no audio to hand out) makes the reference later by the shortfall."""
+    handed out is the oldest played audio not yet handed out, and the lead (the audio received but not yet handed
+    out, less what was played while the microphone captured the `behind` samples after this block) is trimmed to
+    `lead` seconds whenever it stayed above `lead + tolerance` for `settle` seconds. The played stream's samples
+    arrive when the output callback hands them to the device, before they are heard (the device's buffer, then the
+    microphone's), so a reference that is at most `lead + tolerance` behind the newest of them is ahead of the
+    echo: what the canceller and the delay estimator need. Aligning by index from each stream's start is not
+    enough: on PulseAudio the capture stream delivers its first block ~1.7 s after it was started, while the
+    playback stream runs from its start, and the reference came out 50-80 ms behind the echo (measured), which no
+    canceller can remove. The two streams run on one clock, so after the first trim the alignment holds. Without
+    `behind`, the lead also counted how far the caller lagged the devices (10-20 ms at best within a second while an
+    answer is generated on 2 cores); a second trim then moved the reference 24 ms in mid-answer, the canceller
+    re-converged, and its output carried the echo (a self-interruption, traced)."""
 
     def __init__(self, lead: float = 0.03, tolerance: float = 0.02, settle: float = 1.0):
         self._fifo = np.zeros(0, np.float32)
@@ -73,12 +77,12 @@ class EchoReference:
         self._settle = int(settle * MIC_RATE)
         self._min_lead, self._seen = None, 0
 
-    def next(self, played: np.ndarray, n: int) -> np.ndarray:
+    def next(self, played: np.ndarray, n: int, behind: int = 0) -> np.ndarray:
         """Add what the speaker played since the last call (16 kHz); return the next `n` samples."""
         self._fifo = np.concatenate([self._fifo, played])
         out = np.pad(self._fifo[:n], (n - min(n, len(self._fifo)), 0))
         self._fifo = self._fifo[n:]
-        lead = len(self._fifo)
+        lead = len(self._fifo) - behind
         self._min_lead = lead if self._min_lead is None else min(self._min_lead, lead)
         self._seen += n
         if self._seen >= self._settle:
@@ -121,17 +125,24 @@ class DelayEstimatorOptions:
     no_echo: float = 0.2  # no echo: two estimates in a row below this (headphones, muted speakers)
     leave: float = 0.4  # delays up to this are left to the canceller: moving its reference makes it re-converge
     margin: float = 0.25  # of a longer delay, what is left to the canceller (it cannot cancel an echo before it)
+    min_peak: float = 40.0  # a lock also needs the waveforms' GCC-PHAT peak at the lag this many times its median
 
 
 class EchoDelayEstimator:
     """Whether the microphone hears the speaker, and with what delay, from the envelopes of the reference and the raw
-    microphone: the lag of the highest normalised cross-correlation. `echo` is None until known."""
+    microphone: the lag of the highest normalised cross-correlation, confirmed on the waveforms. `echo` is None until
+    known. Envelopes alone correlate a user who speaks about as long into each answer (the benchmark's barge-ins come
+    1 s in) with the playback: 0.6-0.99 at lags of 0.8-1 s, twice in a row, so a delay of 0.88 s was locked with no
+    echo at all and every later barge-in was taken for its echo (traced). The waveforms' generalised
+    cross-correlation with phase transform (GCC-PHAT) tells them apart: at an echo's lag its peak was 150-730 times
+    its median over all lags when a lock was proposed (30-500 ms, -10..0 dB), at those false lags 4-29 times."""
 
     def __init__(self, opts: DelayEstimatorOptions = DelayEstimatorOptions()):
         self.opts = opts
         n = int(opts.history * MIC_RATE / opts.hop)
         self._mic: deque[float] = deque(maxlen=n)
         self._ref: deque[float] = deque(maxlen=n)
+        self._mic_pcm = self._ref_pcm = np.zeros(0, np.float32)
         self._since = 0
         self._recent: deque[tuple[int, float]] = deque(maxlen=max(2, opts.relock))  # (lag in hops, correlation)
         self.delay: float | None = None  # seconds, once locked
@@ -143,6 +154,9 @@ class EchoDelayEstimator:
         for i in range(0, len(mic) - hop + 1, hop):
             self._mic.append(_rms(mic[i:i + hop]))
             self._ref.append(_rms(ref[i:i + hop]))
+        keep = self._mic.maxlen * hop
+        self._mic_pcm = np.concatenate([self._mic_pcm, mic])[-keep:]
+        self._ref_pcm = np.concatenate([self._ref_pcm, ref])[-keep:]
         self._since += len(mic)
         if self._since < o.every * MIC_RATE or len(self._ref) < self._ref.maxlen:
             return None
@@ -162,6 +176,8 @@ class EchoDelayEstimator:
             return None
         if self.delay is not None and not self._agree(o.relock, o.relock_correlation):
             return None
+        if not self._waveforms_agree(now[0]):
+            return None
         self.echo, self.delay = True, delay
         return delay
 
@@ -177,6 +193,15 @@ class EchoDelayEstimator:
             return None
         return _correlation(np.asarray(self._mic)[-n:],
                             np.asarray(self._ref)[len(self._ref) - n - lag:len(self._ref) - lag])
+
+    def _waveforms_agree(self, lag: int) -> bool:
+        """The GCC-PHAT of the raw histories peaks within `agree` hops of `lag` (in hops), by `min_peak`."""
+        o = self.opts
+        n = 1 << int(np.ceil(np.log2(2 * len(self._mic_pcm))))
+        cross = np.fft.rfft(self._mic_pcm, n) * np.conj(np.fft.rfft(self._ref_pcm, n))
+        gcc = np.abs(np.fft.irfft(cross / (np.abs(cross) + 1e-12), n)[:int(o.max_delay * MIC_RATE)])
+        near = gcc[max(0, (lag - o.agree) * o.hop):(lag + o.agree + 1) * o.hop]
+        return len(near) > 0 and float(near.max()) >= o.min_peak * float(np.median(gcc))
 
     def _agree(self, n: int, correlation: float) -> bool:
         """The last `n` estimates each at least this correlated, at lags within `agree` hops of each other."""
@@ -209,13 +234,18 @@ class _Aec3:
 class Convergence:
     """Whether a canceller removes the echo yet: over the last `span` seconds of playback, every `piece` seconds of
     microphone signal at least `min_db` louder than the canceller's output (its echo return loss enhancement).
-    Latched: once reached it holds until `reset`, since a user speaking over the playback lowers the ratio without
-    the canceller getting worse. On the sound server AEC3 let 100-200 ms bursts of a 150-300 ms echo through almost
-    whole for its first 1-2 s, after the delay estimator had found the echo and while the ratio over the whole
-    second was already above 15 dB (answers interrupted themselves, traced)."""
+    Latched: once reached it holds, since a user speaking over the playback lowers the ratio without the canceller
+    getting worse, until `reset` or until a block of the output is `max_gain_db` louder than its input: a canceller
+    that adds energy has the echo path wrong (it moved: +2 to +6 dB, and the canceller's output then carried the
+    echo as speech, traced; a user speaking over a cancelled echo gave up to +0.4 dB). On
+    the sound server AEC3 let 100-200 ms bursts of a 150-300 ms echo through almost whole for its first 1-2 s,
+    after the delay estimator had found the echo and while the ratio over the whole second was already above
+    15 dB (answers interrupted themselves, traced)."""
 
-    def __init__(self, span: float = 1.5, piece: float = 0.1, min_db: float = 12.0, silence: float = 1e-3):
+    def __init__(self, span: float = 1.5, piece: float = 0.1, min_db: float = 12.0, silence: float = 1e-3,
+                 max_gain_db: float = 2.0):
         self._span, self._piece, self._ratio, self._silence = span, piece, 10 ** (min_db / 10), silence
+        self._max_gain = 10 ** (max_gain_db / 20)
         self._mic: deque[float] = deque()
         self._out: deque[float] = deque()
         self.reached = False
@@ -226,7 +256,12 @@ class Convergence:
         self.reached = False
 
     def push(self, mic: np.ndarray, out: np.ndarray, ref: np.ndarray) -> None:
-        if self.reached or _rms(ref) < self._silence:
+        """`out`: the canceller's output for the microphone block `mic`; `ref`: the reference played meanwhile."""
+        if _rms(ref) < self._silence:
+            return
+        if self.reached:
+            if _rms(out) > max(self._max_gain * _rms(mic), self._silence):
+                self.reset()
             return
         self._mic.append(float(np.sum(mic.astype(np.float64) ** 2)))
         self._out.append(float(np.sum(out.astype(np.float64) ** 2)))
@@ -262,6 +297,7 @@ class EchoCanceller:
         self.estimator = estimator if estimator is not None else EchoDelayEstimator()
         self._mic = np.zeros(0, np.float32)
         self._out = np.zeros(AEC_FRAME, np.float32)
+        self._in = np.zeros(AEC_FRAME, np.float32)  # the microphone frames behind `_out`, in step with them
         self.convergence = Convergence()
 
     def _frame(self, pcm: np.ndarray):
@@ -289,9 +325,10 @@ class EchoCanceller:
         cans = [c for c in (self._active, self._next) if c is not None]
         for c in cans:
             c.ref = np.concatenate([c.ref, c.ref_delay(ref)])
-        done = []
+        done, taken = [], []
         while len(self._mic) >= AEC_FRAME:
             pcm, self._mic = self._mic[:AEC_FRAME], self._mic[AEC_FRAME:]
+            taken.append(pcm)
             for c in cans:
                 c.apm.process_reverse_stream(self._frame(c.ref[:AEC_FRAME]))
                 c.ref = c.ref[AEC_FRAME:]
@@ -306,8 +343,10 @@ class EchoCanceller:
                     cans = [self._active]
                     self.convergence.reset()
         self._out = np.concatenate([self._out, *done])
+        self._in = np.concatenate([self._in, *taken])
         out, self._out = self._out[:len(mic)], self._out[len(mic):]
-        self.convergence.push(mic, out, ref)
+        heard, self._in = self._in[:len(mic)], self._in[len(mic):]
+        self.convergence.push(heard, out, ref)
         return out
 
 
@@ -334,13 +373,16 @@ class EchoGuard:
         self._horizon, self._played = int(opts.horizon * per_s), 0
         self._per_s, self._delay = per_s, None
         self._margin = 10 ** (opts.margin_db / 20)
+        self._floor = 0.0  # the gain measured before the delay changed, a floor until the history is measured anew
 
     @property
     def gain(self) -> float:
         """The echo path's measured amplitude gain (the initial guess until calibrated)."""
         if len(self._ratios) < self._min_ratios:
-            return 10 ** (self.opts.initial_gain_db / 20)
-        return float(np.percentile(self._ratios, self.opts.percentile))
+            measured = 10 ** (self.opts.initial_gain_db / 20)
+        else:
+            measured = float(np.percentile(self._ratios, self.opts.percentile))
+        return max(measured, self._floor) if len(self._ratios) < self._ratios.maxlen else measured
 
     def is_echo(self, mic: np.ndarray, ref: np.ndarray, speech: bool, delay: float | None = None,
                 explained: bool = True) -> bool:
@@ -350,9 +392,12 @@ class EchoGuard:
         voice, or not explained, do not enter the echo measurement: a user talking over the playback had raised
         the measured gain of a -6 dB echo to 0 dB within 2 s (traced), and later barge-ins were taken for echo. A
         known delay lets the user speak right after the playback stops (else the guard listens for echo
-        `max_delay` longer); echoes shorter than it stay covered."""
+        `max_delay` longer); echoes shorter than it stay covered. When the delay becomes known (or moves) the gain
+        is measured afresh, with the gain measured before as its floor until `history` is measured: ten windows
+        after a pause had measured a -10 dB echo at -20 dB, and the next word interrupted the answer (traced)."""
         self._ref.append(_rms(ref))
         if delay != self._delay:  # the envelope changes meaning: measure the gain afresh
+            self._floor = self.gain if self._played > self._horizon else 0.0
             self._delay = delay
             self._ratios.clear()
         if delay is None:
@@ -368,6 +413,13 @@ class EchoGuard:
         if (echo or not speech) and explained and self._played > self._horizon:
             self._ratios.append(level / envelope)
         return echo
+
+
+class Heard(NamedTuple):
+    """One microphone window as turn-taking should hear it."""
+    audio: np.ndarray  # what a turn keeps
+    speech: float  # speech probability, the echo removed
+    masked: bool  # the VAD heard speech there that was vetoed as possible echo: the user may be speaking under it
 
 
 @dataclass(frozen=True)
@@ -387,7 +439,7 @@ class EchoOptions:
 
 class EchoPath:
     """The microphone as turn-taking should hear it: `hear` gives the audio a turn keeps and its speech probability,
-    with the assistant's echo removed.
+    with the assistant's echo removed, and whether speech was vetoed as possible echo (`Heard`).
 
     With the canceller, what is heard depends on what the delay estimator found (the finding holds across answers):
     - not known yet: the raw microphone with the guard behind it. The canceller is not trusted before it has
@@ -417,28 +469,31 @@ class EchoPath:
         """Whether the microphone hears the speaker: None while unknown, or without the canceller."""
         return self.canceller.estimator.echo if self.canceller is not None else None
 
-    def _raw(self, mic: np.ndarray, ref: np.ndarray, threshold: float, veto: bool) -> float:
+    def _raw(self, mic: np.ndarray, ref: np.ndarray, threshold: float, veto: bool) -> tuple[float, bool]:
+        """(speech probability, masked: speech that the guard vetoed as echo)."""
         p = self._vad(mic)
         if self.guard is None:
-            return p
+            return p, False
         delay, explained = None, True
         if self.echo:
             est = self.canceller.estimator
             delay, coherence = est.delay, est.coherence()
             explained = coherence is None or coherence >= self.EXPLAINED
         if self.guard.is_echo(mic, ref, p > threshold, delay, explained) and veto:
-            return 0.0
-        return p
+            return 0.0, p > threshold
+        return p, False
 
-    def hear(self, mic: np.ndarray, played: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
-        """(the block a turn keeps, its speech probability); `played`: the new 16 kHz playback since the last call."""
-        ref = self.reference.next(played, len(mic))
+    def hear(self, mic: np.ndarray, played: np.ndarray, threshold: float, behind: int = 0) -> Heard:
+        """`played`: the new 16 kHz playback since the last call; `behind`: microphone samples captured after this
+        block (see `EchoReference`)."""
+        ref = self.reference.next(played, len(mic), behind)
         if self.canceller is None:
-            return mic, self._raw(mic, ref, threshold, veto=True)
+            return Heard(mic, *self._raw(mic, ref, threshold, veto=True))
         clean = self.canceller.process(mic, ref)
         if self.echo is False:
-            return mic, self._raw(mic, ref, threshold, veto=False)
-        raw = self._raw(mic, ref, threshold, veto=True)
+            return Heard(mic, *self._raw(mic, ref, threshold, veto=False))
+        raw, masked = self._raw(mic, ref, threshold, veto=True)
         if not self.canceller.settled:
-            return mic, raw
-        return clean, max(raw, self._clean_vad(clean))
+            return Heard(mic, raw, masked)
+        cleaned = self._clean_vad(clean)
+        return Heard(clean, max(raw, cleaned), masked and cleaned <= threshold)

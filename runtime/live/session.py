@@ -123,8 +123,9 @@ class LiveSession:
                 else:
                     self._input_ended()
                     return
-                for b in blocks:
-                    self._on(self._feed(b))
+                backlog = self.mic.backlog
+                for i, b in enumerate(blocks):
+                    self._on(self._feed(b, backlog + (len(blocks) - 1 - i) * len(b)))
                 self._advance()
         except BaseException:
             self.speaker.stop()
@@ -133,14 +134,15 @@ class LiveSession:
             if self.record is not None:
                 self.record.flush()
 
-    def _feed(self, block: np.ndarray) -> str | None:
+    def _feed(self, block: np.ndarray, behind: int) -> str | None:
+        """`behind`: samples captured after this block (see `EchoReference`)."""
         played = self._to_mic_rate(self.speaker.take_played())
         if self.record is not None:
             self.record.write(block, played)
-        heard, prob = self.echo.hear(block, played, self.opts.turns.threshold)
+        heard = self.echo.hear(block, played, self.opts.turns.threshold, behind)
         if self.opts.half_duplex and self.turns.assistant_speaking:
             return None
-        event = self.turns.push(heard, prob)
+        event = self.turns.push(heard.audio, heard.speech, heard.masked)
         if event is not None:
             self.log(event)
         return event

@@ -99,6 +99,10 @@ class SimMicrophone:
     def _end(self, i: int) -> float:
         return (i + 1) * self.block / MIC_RATE
 
+    @property
+    def backlog(self) -> int:
+        return max(0, min(round(self.clock.now * MIC_RATE), len(self.pcm)) - self._next * self.block)
+
     def read(self) -> np.ndarray | None:
         if self._next * self.block >= len(self.pcm):
             return None

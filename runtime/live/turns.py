@@ -70,8 +70,15 @@ class TurnTaker:
         self._ring: list[np.ndarray] = []
         self._speech = self._silence = self._tail = 0
 
-    def push(self, window: np.ndarray, prob: float) -> str | None:
+    def push(self, window: np.ndarray, prob: float, masked: bool = False) -> str | None:
+        """`masked`: the window may hold the user's speech under the assistant's echo (`echo.Heard`). Inside a turn
+        it counts neither as speech nor as silence: after a barge-in early in the first answer, the guard took the
+        user's voice for the answer's echo for up to 1.2 s, the turn ended 256 ms after the barge-in, and the
+        answer to that fragment played over the rest of the question (traced on a sound server)."""
         o = self.opts
+        if masked and self.speaking and prob <= o.threshold:
+            self._buffer.append(window)
+            return None
         if prob > o.threshold:
             self._silence = self._tail = 0
             self._speech += len(window)

@@ -94,6 +94,10 @@ class PageMicrophone:
             raise Halted()
 
     # engine side (the conversation's thread)
+    @property
+    def backlog(self) -> int:
+        return self._q.qsize() * self.block + len(self._pending)
+
     def begin_stretch(self) -> None:
         self._ended = False
 
