@@ -134,8 +134,8 @@ class EchoDelayEstimator:
     known. Envelopes alone correlate a user who speaks about as long into each answer (the benchmark's barge-ins come
     1 s in) with the playback: 0.6-0.99 at lags of 0.8-1 s, twice in a row, so a delay of 0.88 s was locked with no
     echo at all and every later barge-in was taken for its echo (traced). The waveforms' generalised
-    cross-correlation with phase transform (GCC-PHAT) tells them apart: at an echo's lag its peak was 150-730 times
-    its median over all lags when a lock was proposed (30-500 ms, -10..0 dB), at those false lags 4-29 times."""
+    cross-correlation with phase transform (GCC-PHAT) tells them apart: at an echo's lag its peak was 150-720 times
+    its median over all lags when a lock was proposed (30-500 ms, -10..0 dB), at the false lags 4-29 times."""
 
     def __init__(self, opts: DelayEstimatorOptions = DelayEstimatorOptions()):
         self.opts = opts

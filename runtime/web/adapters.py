@@ -4,7 +4,7 @@ microphone and loudspeaker stand in for the sound devices behind the engine's mi
 
 Names used from the engine: `LiveSession(conv, vad, mic, speaker, clock, gen, rng, opts, record, show)`, its
 `run()` and `log(kind, text)`, `LiveOptions(turns, echo)`, `EchoOptions.named`, `TurnOptions().min_silence`, and the
-microphone (`block`, `read`, `poll`) and speaker (`sample_rate`, `write`, `finish`, `stop`, `busy`, `take_played`,
+microphone (`block`, `read`, `poll`, `backlog`) and speaker (`sample_rate`, `write`, `finish`, `stop`, `busy`, `take_played`,
 `played_samples`, `underruns`) protocols of `live.devices`.
 
 The browser runs WebRTC's echo canceller, noise suppression and gain control on its microphone
