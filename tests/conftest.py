@@ -82,6 +82,17 @@ def tiny_lively_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lively_bundle(tiny_lively_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path_factory) -> Path:
+    """The lively weights as a bundle with speech in and out and the released voices: answers with real characters
+    (the raw tiny model answers in newlines only) that never reach EOS, text and codes that follow their inputs
+    (the raw model's codes barely do: a Talker fed stale codes still matched the reference). No parity checks: the
+    tests that use it compare against the torch reference themselves."""
+    from omni_onnx.export.cli import Sources, export_bundle
+    return export_bundle(Sources(tiny_lively_checkpoint, tiny_mimi, None, tiny_sensevoice),
+                         tmp_path_factory.mktemp("lively") / "bundle", verify=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_eos_checkpoint(tiny_lively_checkpoint, tmp_path_factory) -> tuple[Path, list[int]]:
     """A tiny checkpoint whose greedy answer to the test prompt reaches EOS and then stop codes on every codebook
     before max_new_tokens, found by steering EOS/stop onto tokens the lively model emits mid-answer.

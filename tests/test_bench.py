@@ -92,14 +92,6 @@ def test_eval_questions():
     assert qs[0].text == "what do you usually like to eat" and qs[14].text == "你平时喜欢吃什么"
 
 
-@pytest.fixture(scope="module")
-def lively_bundle(tiny_lively_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path_factory) -> Path:
-    """The tiny model answers in newlines only (nothing to score); amplified weights give real characters."""
-    from omni_onnx.export.cli import Sources, export_bundle
-    return export_bundle(Sources(tiny_lively_checkpoint, tiny_mimi, None, tiny_sensevoice, voices=()),
-                         tmp_path_factory.mktemp("lively") / "bundle", verify=False)
-
-
 def numbers(tree, path=""):
     """Every numeric leaf of a JSON tree with its path (bools are not numbers here)."""
     if isinstance(tree, dict):
@@ -112,8 +104,8 @@ def numbers(tree, path=""):
         yield path, tree
 
 
-def test_quick_run_schema(tiny_bundle, lively_bundle, tmp_path):
-    assert main(["--bundle", str(tiny_bundle), "--bundle", str(lively_bundle), "--quick", "--out", str(tmp_path)]) == 0
+def test_quick_run_schema(tiny_bundle, tiny_lively_bundle, tmp_path):
+    assert main(["--bundle", str(tiny_bundle), "--bundle", str(tiny_lively_bundle), "--quick", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     m = r["machine"]
     assert m["cpu"] and isinstance(m["cpu_flags"], list) and m["threads"] == 2
@@ -201,10 +193,10 @@ def _has_matplotlib() -> bool:
     return True
 
 
-def test_fidelity_suite(lively_bundle, tiny_lively_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path):
+def test_fidelity_suite(tiny_lively_bundle, tiny_lively_checkpoint, tiny_mimi, tiny_sensevoice, tmp_path):
     """The bundle against our torch modules in the same run: the same greedy text and codes as reference_generate,
     logits within float error, and every speed figure positive and finite."""
-    assert main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--quick", "--checkpoint",
+    assert main(["--bundle", str(tiny_lively_bundle), "--suite", "fidelity", "--quick", "--checkpoint",
                  str(tiny_lively_checkpoint), "--mimi", str(tiny_mimi), "--sensevoice", str(tiny_sensevoice),
                  "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
@@ -231,11 +223,11 @@ def test_fidelity_suite(lively_bundle, tiny_lively_checkpoint, tiny_mimi, tiny_s
     assert "| greedy loop vs torch reference, 16 steps" in md and "identical |" in md and "ORT / torch" in md
 
 
-def test_fidelity_needs_the_source_checkpoint(lively_bundle, tiny_checkpoint, tmp_path, capsys):
-    assert main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--out", str(tmp_path)]) == 1
+def test_fidelity_needs_the_source_checkpoint(tiny_lively_bundle, tiny_checkpoint, tmp_path, capsys):
+    assert main(["--bundle", str(tiny_lively_bundle), "--suite", "fidelity", "--out", str(tmp_path)]) == 1
     assert "give --checkpoint" in capsys.readouterr().err
     # the raw tiny checkpoint, not the lively one the bundle came from
-    assert main(["--bundle", str(lively_bundle), "--suite", "fidelity", "--checkpoint", str(tiny_checkpoint),
+    assert main(["--bundle", str(tiny_lively_bundle), "--suite", "fidelity", "--checkpoint", str(tiny_checkpoint),
                  "--out", str(tmp_path)]) == 1
     assert "pass the checkpoint the bundle was exported from" in capsys.readouterr().err
 
@@ -277,20 +269,20 @@ def test_bad_suite(tiny_bundle, tmp_path, capsys):
     assert "unknown suite(s) speed" in capsys.readouterr().err
 
 
-def test_static_suite_times_a_static_bundle_against_a_dynamic_one(tiny_static_bundle, lively_bundle, tmp_path,
+def test_static_suite_times_a_static_bundle_against_a_dynamic_one(tiny_static_bundle, tiny_lively_bundle, tmp_path,
                                                                   capsys):
     """`--suite static`: side-by-side decode step and prefill, at the contexts the static bundle holds (160 here:
     64 but not 256); one kind of bundle alone is refused with a message."""
     out = tmp_path / "r"
-    assert main(["--bundle", str(lively_bundle), "--bundle", str(tiny_static_bundle), "--suite", "static", "--quick",
+    assert main(["--bundle", str(tiny_lively_bundle), "--bundle", str(tiny_static_bundle), "--suite", "static", "--quick",
                  "--out", str(out)]) == 0
     side = json.loads((out / "results.json").read_text(encoding="utf-8"))["static_vs_dynamic"]
-    assert side["static"] == str(tiny_static_bundle) and side["dynamic"] == str(lively_bundle)
+    assert side["static"] == str(tiny_static_bundle) and side["dynamic"] == str(tiny_lively_bundle)
     for what in ("decode", "prefill"):
         (row,) = side[what].values()
         assert list(side[what]) == ["64"] and row["ratio"] == round(row["static_ms"] / row["dynamic_ms"], 3) > 0
     assert "Thinker+Talker decode step, context 64" in (out / "results.md").read_text(encoding="utf-8")
-    assert main(["--bundle", str(lively_bundle), "--suite", "static", "--quick", "--out", str(out)]) == 1
+    assert main(["--bundle", str(tiny_lively_bundle), "--suite", "static", "--quick", "--out", str(out)]) == 1
     assert "a static bundle with a dynamic one" in capsys.readouterr().err
 
 

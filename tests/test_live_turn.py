@@ -24,13 +24,10 @@ GREEDY = GenerationOptions(max_new_tokens=20, greedy=True)
 
 
 @pytest.fixture(scope="module")
-def lively(tiny_lively_checkpoint, tmp_path_factory):
-    """Thinker + Talker with the released voices, on weights whose text and codes follow their inputs (the raw tiny
-    model's codes barely do: a Talker fed stale codes still matched the reference), and its torch reference."""
+def lively(tiny_lively_bundle, tiny_lively_checkpoint):
+    """The lively bundle and its torch reference."""
     from omni_onnx.export.checkpoint import load_model
-    from omni_onnx.export.cli import Sources, export_bundle
-    bundle = export_bundle(Sources(tiny_lively_checkpoint), tmp_path_factory.mktemp("live-turn") / "b", verify=False)
-    return OmniModel.load(bundle), load_model(tiny_lively_checkpoint)
+    return OmniModel.load(tiny_lively_bundle), load_model(tiny_lively_checkpoint)
 
 
 def test_history_prefilled_while_idle_then_the_turn_equals_a_fresh_prefill(lively):

@@ -8,7 +8,6 @@ answer is exactly what an unlimited context gives. The turn then ends with TurnE
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -23,20 +22,12 @@ PROMPT_LEN = 23  # the chat prompt of QUESTION
 FULL_MESSAGE = "the prompt is {} tokens but the context holds {}; start a new conversation or raise --context"
 
 
-@pytest.fixture(scope="module")
-def lively_bundle(tiny_lively_checkpoint, tmp_path_factory) -> Path:
-    """Thinker + Talker only: varied text that never reaches EOS, so only the context can stop the turn early."""
-    from omni_onnx.export.cli import Sources, export_bundle
-    return export_bundle(Sources(tiny_lively_checkpoint, voices=()), tmp_path_factory.mktemp("overflow") / "b",
-                         verify=False)
-
-
 @pytest.mark.parametrize("context", [PROMPT_LEN + 1, 30])
-def test_turn_stops_at_the_context_with_the_reference_prefix(lively_bundle, tiny_lively_checkpoint, context):
+def test_turn_stops_at_the_context_with_the_reference_prefix(tiny_lively_bundle, tiny_lively_checkpoint, context):
     from omni_onnx.export.checkpoint import load_model
     from omni_onnx.export.reference import reference_generate
     record = CodeDump([])
-    events = list(Conversation(OmniModel.load(lively_bundle), context=context).respond(
+    events = list(Conversation(OmniModel.load(tiny_lively_bundle), context=context).respond(
         QUESTION, GenerationOptions(max_new_tokens=100, greedy=True), decode_audio=False, record=record))
     steps = context - PROMPT_LEN + 1
     assert isinstance(events[-1], TurnEnd) and events[-1].reason == "context"
@@ -45,23 +36,23 @@ def test_turn_stops_at_the_context_with_the_reference_prefix(lively_bundle, tiny
     assert (record.text_ids, record.audio_codes, record.frames) == (ref.text_ids, ref.audio_codes, ref.frames)
 
 
-def test_cli_reports_context_full_and_keeps_the_dump(lively_bundle, tmp_path, capsys):
+def test_cli_reports_context_full_and_keeps_the_dump(tiny_lively_bundle, tmp_path, capsys):
     dump = tmp_path / "d.json"
-    assert omni_run(["--bundle", str(lively_bundle), "--text", QUESTION, "--greedy", "--max-new-tokens", "100",
+    assert omni_run(["--bundle", str(tiny_lively_bundle), "--text", QUESTION, "--greedy", "--max-new-tokens", "100",
                      "--context", "30", "--dump-codes", str(dump)]) == 0
     assert capsys.readouterr().err.strip() == "[stopped: context full]"
     got = CodeDump.read(dump)
     assert len(got.text_ids) == 30 - PROMPT_LEN + 1 and all(len(r) == len(got.text_ids) for r in got.audio_codes)
 
 
-def test_prompt_that_fills_the_context_is_refused(lively_bundle, capsys):
-    assert omni_run(["--bundle", str(lively_bundle), "--text", QUESTION, "--greedy",
+def test_prompt_that_fills_the_context_is_refused(tiny_lively_bundle, capsys):
+    assert omni_run(["--bundle", str(tiny_lively_bundle), "--text", QUESTION, "--greedy",
                      "--context", str(PROMPT_LEN)]) == 1
     assert capsys.readouterr().err.strip() == "omni-run: error: " + FULL_MESSAGE.format(PROMPT_LEN, PROMPT_LEN)
 
 
-def test_next_turn_after_a_full_context_is_refused_with_the_same_message(lively_bundle):
-    conv = Conversation(OmniModel.load(lively_bundle), context=40)
+def test_next_turn_after_a_full_context_is_refused_with_the_same_message(tiny_lively_bundle):
+    conv = Conversation(OmniModel.load(tiny_lively_bundle), context=40)
     opts = GenerationOptions(max_new_tokens=100, greedy=True)
     end = list(conv.respond(QUESTION, opts, decode_audio=False))[-1]
     assert end.reason == "context" and conv.history[-1].content == end.text  # the partial reply is history
@@ -71,11 +62,11 @@ def test_next_turn_after_a_full_context_is_refused_with_the_same_message(lively_
         list(conv.respond("Tell me more.", opts, decode_audio=False))
 
 
-def test_a_live_conversation_forgets_its_oldest_exchanges_to_keep_room(lively_bundle):
+def test_a_live_conversation_forgets_its_oldest_exchanges_to_keep_room(tiny_lively_bundle):
     """`forget_oldest(room)` keeps the longest suffix of exchanges (and the system message) whose prompt leaves
     `room` positions free: checked against prompts built with one more and one fewer exchange."""
     from omni_onnx.prompt import Message
-    conv = Conversation(OmniModel.load(lively_bundle), context=120)
+    conv = Conversation(OmniModel.load(tiny_lively_bundle), context=120)
     exchanges = [[Message("user", f"question {i} about the sky"), Message("assistant", f"answer {i} " + "blue " * i)]
                  for i in range(8)]
     system = Message("system", "You are a helpful assistant.")
