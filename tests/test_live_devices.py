@@ -138,13 +138,14 @@ def test_simulated_echo_is_the_played_signal_delayed_and_attenuated():
 
 
 def test_echo_reference_is_kept_just_ahead_of_the_playback():
-    """The played stream started 150 ms before the microphone's first block (as PulseAudio's capture does): within
-    a second the reference is trimmed to 30 ms behind the newest played audio, and stays there, in order, however
-    the played audio is chunked; a stalled output makes it later, never earlier."""
-    to16k = Resampler(24000, 16000)
+    """The played stream started 150 ms before the microphone's first block (as PulseAudio's capture does), silent
+    at first (a noise floor below `silence`): within a second the reference is trimmed to 30 ms behind the newest
+    played audio, and stays there, in order, however the played audio is chunked; a stalled output makes it later,
+    never earlier."""
     ref = EchoReference(lead=0.03, tolerance=0.02, settle=1.0)
     played = np.random.default_rng(0).normal(0, 0.1, 96 * 768).astype(np.float32)
     want = soxr.resample(played, 24000, 16000, quality="QQ")
+    want[:24000] *= 1e-4  # 1.5 s of silence before the first answer
     head = 2400  # 150 ms at 16 kHz, played before the microphone's first block
     got = [ref.next(want[:head], 0)]
     for i in range(0, 96 * 512, 512):
@@ -165,8 +166,9 @@ def test_echo_reference_ignores_how_far_behind_the_caller_is():
     """After the first trim the reference stays continuous while the caller falls behind the devices for seconds
     (an answer generated between polls: blocks come in batches, and the played audio taken with the first block of
     a batch includes what played while the later ones were captured). Counting that lag as lead trimmed the
-    reference again in mid-answer, which moved the echo path under the canceller (traced on a sound server)."""
-    want = Resampler(24000, 16000)(np.random.default_rng(0).normal(0, 0.1, 300 * 768).astype(np.float32))
+    reference again, which moved the echo path under the canceller (traced on a sound server). Silent throughout (a
+    noise floor below `silence`), where a trim is allowed."""
+    want = 1e-4 * Resampler(24000, 16000)(np.random.default_rng(0).normal(0, 0.1, 300 * 768).astype(np.float32))
     ref = EchoReference(lead=0.03, tolerance=0.02, settle=1.0)
     head, batch, lag = 2400, 4, 2048  # played before the first block; blocks per poll; 128 ms behind the devices
     got, taken = [], 0
@@ -202,6 +204,24 @@ def test_echo_guard_learns_the_echo_path():
     assert not guard.is_echo(0.3 * ref + rng.normal(0, 0.1, 512).astype(np.float32), ref, speech=True)
     silent = np.zeros(512, np.float32)
     assert not EchoGuard().is_echo(np.full(512, 0.01, np.float32), silent, speech=True)  # nothing played
+
+
+def test_echo_reference_waits_for_silence_to_trim():
+    """The lead grows by 60 ms while an answer plays (the output callback runs further ahead): the reference stays
+    continuous until a second without playback, and is trimmed then."""
+    rng = np.random.default_rng(0)
+    want = np.r_[1e-5 * rng.normal(size=32 * 512), 0.1 * rng.normal(size=96 * 512), 1e-5 * rng.normal(size=96 * 512)]
+    want = want.astype(np.float32)
+    ref, got, taken = EchoReference(lead=0.03, tolerance=0.02, settle=1.0), [], 0
+    for k in range(len(want) // 512 - 8):
+        ahead = 480 + (960 if 48 <= k else 0)  # from 0.5 s into the answer: 60 ms further ahead
+        upto = min(len(want), (k + 1) * 512 + ahead)
+        got.append(ref.next(want[taken:upto], 512))
+        taken = upto
+    got = np.concatenate(got)
+    np.testing.assert_array_equal(got[:128 * 512], want[:128 * 512])  # the answer and the second after it
+    tail = got[160 * 512:]
+    np.testing.assert_array_equal(tail, want[160 * 512 + 960:160 * 512 + 960 + len(tail)])  # trimmed in silence
 
 
 def test_echo_guard_keeps_the_gain_it_measured_when_the_delay_becomes_known():

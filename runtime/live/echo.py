@@ -66,16 +66,18 @@ class EchoReference:
     echo: what the canceller and the delay estimator need. Aligning by index from each stream's start is not
     enough: on PulseAudio the capture stream delivers its first block ~1.7 s after it was started, while the
     playback stream runs from its start, and the reference came out 50-80 ms behind the echo (measured), which no
-    canceller can remove. The two streams run on one clock, so after the first trim the alignment holds. Without
-    `behind`, the lead also counted how far the caller lagged the devices (10-20 ms at best within a second while an
-    answer is generated on 2 cores); a second trim then moved the reference 24 ms in mid-answer, the canceller
-    re-converged, and its output carried the echo (a self-interruption, traced)."""
+    canceller can remove. The two streams run on one clock, so after the first trim the alignment holds. A trim
+    moves the echo path under the canceller (it re-adapts, and its output carried the echo as speech: traced), so it
+    happens only after a second in which nothing was played. Without `behind`, the lead also counted how far the
+    caller lagged the devices (10-20 ms at best within a second while an answer is generated on 2 cores), and with
+    it the device callbacks' own timing still moved it by 20 ms within an answer (traced); the echo's delay behind
+    the reference stayed the same both times (GCC-PHAT), so those trims were not needed."""
 
-    def __init__(self, lead: float = 0.03, tolerance: float = 0.02, settle: float = 1.0):
+    def __init__(self, lead: float = 0.03, tolerance: float = 0.02, settle: float = 1.0, silence: float = 1e-4):
         self._fifo = np.zeros(0, np.float32)
         self._lead, self._tolerance = int(lead * MIC_RATE), int(tolerance * MIC_RATE)
-        self._settle = int(settle * MIC_RATE)
-        self._min_lead, self._seen = None, 0
+        self._settle, self._silence = int(settle * MIC_RATE), silence
+        self._min_lead, self._seen, self._played = None, 0, False
 
     def next(self, played: np.ndarray, n: int, behind: int = 0) -> np.ndarray:
         """Add what the speaker played since the last call (16 kHz); return the next `n` samples."""
@@ -85,10 +87,12 @@ class EchoReference:
         lead = len(self._fifo) - behind
         self._min_lead = lead if self._min_lead is None else min(self._min_lead, lead)
         self._seen += n
+        self._played = self._played or max(np.abs(out).max(initial=0.0), np.abs(self._fifo).max(initial=0.0)) \
+            > self._silence
         if self._seen >= self._settle:
-            if self._min_lead > self._lead + self._tolerance:
+            if self._min_lead > self._lead + self._tolerance and not self._played:
                 self._fifo = self._fifo[self._min_lead - self._lead:]
-            self._min_lead, self._seen = None, 0
+            self._min_lead, self._seen, self._played = None, 0, False
         return out
 
 
