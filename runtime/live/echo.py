@@ -69,9 +69,9 @@ class EchoReference:
     canceller can remove. The two streams run on one clock, so after the first trim the alignment holds. A trim
     moves the echo path under the canceller (it re-adapts, and its output carried the echo as speech: traced), so it
     happens only after a second in which nothing was played. Without `behind`, the lead also counted how far the
-    caller lagged the devices (10-20 ms at best within a second while an answer is generated on 2 cores), and with
-    it the device callbacks' own timing still moved it by 20 ms within an answer (traced); the echo's delay behind
-    the reference stayed the same both times (GCC-PHAT), so those trims were not needed."""
+    caller lagged the devices (4-22 ms at best within half a second while an answer is generated on 2 cores), and
+    even with it the lead stayed 20 ms high for a second within an answer (traced); the echo's delay behind the
+    reference stayed the same both times until the trim (GCC-PHAT), so those trims were not needed."""
 
     def __init__(self, lead: float = 0.03, tolerance: float = 0.02, settle: float = 1.0, silence: float = 1e-4):
         self._fifo = np.zeros(0, np.float32)
