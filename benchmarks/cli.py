@@ -60,7 +60,8 @@ def bundle_identity(root: Path) -> dict:
     return {"path": str(root), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
             "graphs_sha256": {k: v["sha256"] for k, v in manifest["graphs"].items()},
             "source": manifest.get("source"), "package_version": manifest.get("package_version"),
-            "precision": manifest["graphs"]["thinker"].get("precision", "fp32")}
+            "precision": manifest["graphs"]["thinker"].get("precision", "fp32"),
+            "recipe": manifest["graphs"]["thinker"].get("recipe")}
 
 
 class Progress:
@@ -270,8 +271,7 @@ def markdown(results: dict) -> str:
             lines += live_rows(r["live"])
         lines.append("")
     lines += floor.moe_rows(results.get("moe_over_dense", []), fmt)
-    if "static_vs_dynamic" in results:
-        side = results["static_vs_dynamic"]
+    for side in results.get("static_vs_dynamic", []):
         lines += [f"## {side['static']} against {side['dynamic']}", "", *static_ratio.markdown_rows(side), ""]
     lines.append("Random weights give meaningless quality figures; the `weights` line says what each bundle holds.")
     return "\n".join(lines) + "\n"
@@ -388,22 +388,22 @@ def run(a: argparse.Namespace) -> str:
             ("memory" in suites) + ("floor" in suites) + ("mimi" in suites) + \
             questions * answers * ("quality" in suites) + \
             len(scenarios) * ("live" in suites)
-    pair = static_ratio.static_and_dynamic(bundles) if "static" in suites else None
-    progress = Progress(total + (pair is not None))
+    pairs = static_ratio.static_pairs(bundles) if "static" in suites else []
+    progress = Progress(total + len(pairs))
+    sides = []
     try:
         runs = [run_bundle(b, suites, plan, a.threads, progress, reference, a.voice, live_plan, a.mimi)
                 for b in bundles]
-        side = None
-        if pair is not None:
-            side = static_ratio.measure(*pair, a.threads, plan.steps)
+        for pair in pairs:
+            sides.append(static_ratio.measure(*pair, a.threads, plan.steps))
             progress()
     finally:
         progress.close()
     results = {"machine": describe(a.threads), "quick": a.quick, "suites": list(suites),
                "plan": asdict(plan), "seconds": time.perf_counter() - t0, "bundles": runs,
                "moe_over_dense": floor.moe_over_dense(runs)}
-    if side is not None:
-        results["static_vs_dynamic"] = side
+    if sides:
+        results["static_vs_dynamic"] = sides
     return write_results(results, a.out)
 
 

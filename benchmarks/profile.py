@@ -133,35 +133,40 @@ def _one_row_matmuls(path: Path, k: int, n: int, copies: int, seed: int = 0) -> 
 
 
 def kernel_rates(threads: int, k: int = 768, n: int = 4864, dram_copies: int = 24, repeats: int = 30) -> dict:
-    """Weight bytes per second of one-row MatMuls in fp32, int8 (the int8 recipe's pass) and int4 (MatMulNBits),
-    with one weight matrix (it stays in the last-level cache between runs) and with `dram_copies` of them (far
-    more than the cache: streamed from DRAM). A kernel whose DRAM rate is its cache rate, and below the read
-    bandwidth, is bound by its arithmetic, not by memory: no graph change brings such a step to its floor."""
+    """Weight bytes per second of one-row MatMuls in fp32, the dynamic int8 pass, and the int8 and int4 recipes'
+    Thinker passes, with one weight matrix (it stays in the last-level cache between runs) and with `dram_copies`
+    of them (far more than the cache: streamed from DRAM). A kernel whose DRAM rate is its cache rate, and below
+    the read bandwidth, is bound by its arithmetic, not by memory: no graph change brings such a step to its floor."""
     import time
 
     import numpy as np
     import onnx
     import onnxruntime as ort
     from omni_onnx.quant.dynamic_int8 import int8_weights, quiet_quantizer
-    from omni_onnx.quant.int4 import matmul_nbits
-    from omni_onnx.quant.recipes import INT4, INT8
+    from omni_onnx.quant.nbits import matmul_nbits
+    from omni_onnx.quant.recipes import DYNAMIC_INT8, INT4, INT8, MATMUL_NBITS, GraphRecipe
     from omni_onnx.session import SessionOptions, ort_session_options
 
     from .compute import streamed_weight_bytes
     from .machine import read_bandwidth_gbs
 
+    passes = {"dynamic int8": GraphRecipe(DYNAMIC_INT8), "int8": INT8.for_graph("thinker"),
+              "int4": INT4.for_graph("thinker")}
     out: dict = {"shape": [1, k, n], "bandwidth_gbs": read_bandwidth_gbs(threads), "rates_gbs": {}}
     x = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
     with tempfile.TemporaryDirectory(prefix="omni-kernels-") as tmp:
         for copies, where in ((1, "cache"), (dram_copies, "dram")):
-            fp32 = Path(tmp) / f"fp32_{copies}.onnx"
-            _one_row_matmuls(fp32, k, n, copies)
-            int8, int4 = Path(tmp) / f"int8_{copies}.onnx", Path(tmp) / f"int4_{copies}.onnx"
-            r4 = INT4.for_graph("thinker")
-            with quiet_quantizer():
-                int8_weights(fp32, int8, INT8.for_graph("thinker"))
-                matmul_nbits(fp32, int4, r4.block_size, r4.accuracy_level)
-            for precision, path in (("fp32", fp32), ("int8", int8), ("int4", int4)):
+            paths = {"fp32": Path(tmp) / f"fp32_{copies}.onnx"}
+            _one_row_matmuls(paths["fp32"], k, n, copies)
+            for name, r in passes.items():
+                paths[name] = Path(tmp) / f"{name.replace(' ', '_')}_{copies}.onnx"
+                with quiet_quantizer():
+                    if r.method == MATMUL_NBITS:
+                        matmul_nbits(paths["fp32"], paths[name], r.bits, r.block_size, r.accuracy_level,
+                                     r.symmetric, r.gemms)
+                    else:
+                        int8_weights(paths["fp32"], paths[name], r)
+            for precision, path in paths.items():
                 sess = ort.InferenceSession(os.fspath(path), ort_session_options(SessionOptions(threads=threads)),
                                             providers=["CPUExecutionProvider"])
                 ops = sorted({nd.op_type for nd in onnx.load(os.fspath(path)).graph.node})

@@ -61,17 +61,28 @@ def side_by_side(static_model, dynamic_model, contexts: tuple[int, ...] = CONTEX
     return out
 
 
-def static_and_dynamic(bundles: list[Path]) -> tuple[Path, Path]:
-    """The first static and the first dynamic bundle of `bundles` (omni-bench --suite static)."""
+def build(manifest: dict) -> tuple:
+    """What makes two bundles comparable: the Thinker's precision and quantization recipe (a run may hold the same
+    weights quantized two ways, before and after a recipe change)."""
+    thinker = manifest["graphs"]["thinker"]
+    return thinker.get("precision", "fp32"), json.dumps(thinker.get("recipe"), sort_keys=True)
+
+
+def static_pairs(bundles: list[Path]) -> list[tuple[Path, Path]]:
+    """Each static bundle of `bundles` with the first dynamic one built the same way (omni-bench --suite static)."""
     from omni_onnx.errors import OmniError
 
-    kinds: dict[bool, Path] = {}
-    for b in bundles:
-        kinds.setdefault(json.loads((b / "manifest.json").read_text(encoding="utf-8")).get("static") is not None, b)
-    if len(kinds) < 2:
+    manifests = {b: json.loads((b / "manifest.json").read_text(encoding="utf-8")) for b in bundles}
+    dynamic: dict[tuple, Path] = {}
+    for b, m in manifests.items():
+        if m.get("static") is None:
+            dynamic.setdefault(build(m), b)
+    pairs = [(b, dynamic[build(m)]) for b, m in manifests.items()
+             if m.get("static") is not None and build(m) in dynamic]
+    if not pairs:
         raise OmniError("--suite static compares a static bundle with a dynamic one: pass one of each with --bundle "
-                        "(same weights and precision)")
-    return kinds[True], kinds[False]
+                        "(same weights, precision and recipe)")
+    return pairs
 
 
 def measure(static: Path, dynamic: Path, threads: int, steps: int) -> dict:

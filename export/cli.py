@@ -10,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voices.pt files or folders of .npz voices (default: the 12 released presets)")
     p.add_argument("--out", type=Path, default=default_bundle_dir(),
                    help="bundle folder to write (default: %(default)s)")
-    p.add_argument("--moe", action="store_true", help="with --from-hub: the MoE release")
+    p.add_argument("--moe", action="store_true", help="with --from-hub: the MoE release; with --demo: random MoE "
+                   "weights (4 experts, top-1)")
     p.add_argument("--hub-mirror", type=Path, help="with --from-hub: a local folder laid out as <owner>/<name>/")
     p.add_argument("--demo-size", choices=("tiny", "full"), default="tiny",
                    help="with --demo: model size (default: %(default)s)")
@@ -274,17 +275,18 @@ def export_bundle(sources: Sources, out: Path, verify: bool = True, static: Stat
             shutil.rmtree(work, ignore_errors=True)
 
 
-def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, static: StaticShape | None = None
-                ) -> Path:
+def demo_bundle(out: Path, size: str, voice_files: list[Path], verify: bool, static: StaticShape | None = None,
+                moe: bool = False) -> Path:
     """Random weights written in the released formats, then exported like a real checkpoint (a static bundle
-    without the speech and speaker encoders, which have no static form yet)."""
+    without the speech and speaker encoders, which have no static form yet); `moe`: the MoE model's."""
     from .random_checkpoint import write_random_pth
     from .random_mimi import write_random_mimi
     from .random_campplus import write_random_campplus
     from .random_sensevoice import write_random_sensevoice
     from .random_siglip import write_random_siglip
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = write_random_pth(Path(tmp) / "sft_omni_768.pth", FULL if size == "full" else TINY, seed=0)
+        cfg = replace(FULL if size == "full" else TINY, use_moe=moe)
+        ckpt = write_random_pth(Path(tmp) / f"sft_omni_768{'_moe' if moe else ''}.pth", cfg, seed=0)
         mimi = write_random_mimi(Path(tmp) / "mimi", size=size, seed=0, rms_dbfs=DEMO_RMS_DBFS)
         siglip = write_random_siglip(Path(tmp) / "siglip2-base-p32-256-ve", size=size, seed=0)
         sensevoice = None if static else write_random_sensevoice(Path(tmp) / "SenseVoiceSmall", size=size, seed=0)
@@ -298,6 +300,9 @@ def build(args: argparse.Namespace) -> Path:
     """Export, quantize and convert inside a staging folder beside `--out`; only the finished bundle is moved
     into place, so an error or Ctrl-C at any stage leaves `--out` as it was."""
     static = StaticShape(args.context, args.prefill_chunk) if args.static else None
+    if args.moe and args.checkpoint is not None:
+        raise OmniError("--moe picks the release to download (--from-hub) or the demo's weights (--demo); a "
+                        "--checkpoint is exported as what it holds (MoE if it has expert weights): drop --moe")
     if not args.demo:  # the paths given, before the first heavy import (torch, onnx: seconds; transformers: ~20 s)
         check_sources(static, args.checkpoint, args.mimi, args.siglip, args.sensevoice, tuple(args.voices),
                       args.campplus)
@@ -308,7 +313,7 @@ def build(args: argparse.Namespace) -> Path:
         verify = not args.skip_verify
         fp32 = staging / "fp32"
         if args.demo:
-            bundle = demo_bundle(fp32, args.demo_size, args.voices, verify, static)
+            bundle = demo_bundle(fp32, args.demo_size, args.voices, verify, static, args.moe)
         else:
             if args.from_hub:
                 from .hub import fetch_release

@@ -23,7 +23,7 @@ from omni_onnx.model import OmniModel
 from omni_onnx.session import SessionOptions
 
 from .fidelity import fidelity
-from .recipes import INT4_MATMUL, KEEP, RECIPES, Recipe
+from .recipes import KEEP, MATMUL_NBITS, RECIPES, Recipe
 
 log = logging.getLogger("omni-quant")
 REPORT = "quant_report"
@@ -87,9 +87,11 @@ def quantize_bundle(src: Bundle, recipe: Recipe, out: Path, opts: SessionOptions
         manifest["quantization"] = {"recipe": recipe.name, "from_bundle_created": src.manifest.get("created"),
                                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "onnxruntime": ort.__version__}
-        if any(recipe.for_graph(name).method == INT4_MATMUL for name in manifest["graphs"]):
-            # int8 graphs saved by onnxruntime 1.32 load and agree in 1.20 (the package's floor); the MatMulNBits
-            # graphs its quantizer writes do not ("invalid model"), so an int4 bundle asks for the writer's version
+        if any(recipe.for_graph(name).method == MATMUL_NBITS and recipe.for_graph(name).bits == 4
+               for name in manifest["graphs"]):
+            # the 4-bit MatMulNBits graphs the quantizer writes do not load before 1.28 ("invalid model"), so an
+            # int4 bundle asks for the writer's version; int8 bundles (8-bit MatMulNBits and dynamic int8) answer
+            # exactly from 1.30, the package's floor (tests/test_old_onnxruntime.py)
             manifest["quantization"]["min_onnxruntime"] = ".".join(ort.__version__.split(".")[:2])
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         Bundle.open(work)  # the new manifest and checksums read back

@@ -1,4 +1,4 @@
-"""The quantization pass for one graph: for an int4 recipe first 4-bit MatMulNBits weights (int4.py), then dynamic
+"""The quantization pass for one graph: for a MatMulNBits recipe first its blockwise weights (nbits.py), then dynamic
 (per-run activation scales) int8 weights on the recipe's remaining operators (inside If branches too: a MoE graph's
 experts, export/moe_branches.py), onnxruntime's portable graph optimizations saved into the file so loading does
 not redo them, int8 lookup tables (gather_int8.py) and fp16 storage of the remaining large fp32 weights
@@ -27,8 +27,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from .fp16_storage import store_fp16
 from .gather_int8 import quantize_gathers
-from .int4 import matmul_nbits
-from .recipes import FP16_WEIGHTS, INT4_MATMUL, GraphRecipe
+from .nbits import matmul_nbits
+from .recipes import FP16_WEIGHTS, MATMUL_NBITS, GraphRecipe
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,10 @@ def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         q = Path(tmp) / "quantized.onnx"
         with quiet_quantizer():
-            if recipe.method == INT4_MATMUL:
-                matmul_nbits(src, Path(tmp) / "int4.onnx", recipe.block_size, recipe.accuracy_level)
-                src = Path(tmp) / "int4.onnx"
+            if recipe.method == MATMUL_NBITS:
+                matmul_nbits(src, Path(tmp) / "nbits.onnx", recipe.bits, recipe.block_size, recipe.accuracy_level,
+                             recipe.symmetric, recipe.gemms)
+                src = Path(tmp) / "nbits.onnx"
             if recipe.method == FP16_WEIGHTS:
                 shutil.copyfile(src, q)
             else:

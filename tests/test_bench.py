@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omni_onnx.bench import floor, profile, quality
+from omni_onnx.bench import floor, profile, quality, static_ratio
 from omni_onnx.bench.cli import main
 from omni_onnx.bench.compute import graph_macs
 from omni_onnx.bench.fidelity import first_difference
+from omni_onnx.errors import OmniError
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -131,7 +132,12 @@ def test_quick_run_schema(tiny_bundle, tiny_lively_bundle, tmp_path):
         f = b["floor"]
         assert f["moe"] is False and f["frame_ms"] == 80
         assert f["floor_ms"] == pytest.approx(f["weight_mb"] / f["bandwidth_gbs"])
-        assert f["step_over_floor"] == pytest.approx(f["step_ms"] / f["floor_ms"])
+        # each pair sets its batch of steps against the bandwidth read right after it; the ratio is their median
+        pairs = f["pairs"]
+        assert len(pairs) == floor.ROUNDS and f["bandwidth_gbs"] == np.median([p["bandwidth_gbs"] for p in pairs])
+        for p in pairs:
+            assert p["step_over_floor"] == pytest.approx(p["step_ms"] * p["bandwidth_gbs"] / f["weight_mb"])
+        assert f["step_over_floor"] == np.median([p["step_over_floor"] for p in pairs])
         graphs = [Path(ident["path"]) / g for g in ("thinker.onnx", "talker.onnx")]
         assert 0 < f["weight_mb"] * 1e6 <= sum(p.stat().st_size for p in graphs)  # lookup tables not counted
         mem = b["memory"]
@@ -176,13 +182,17 @@ def test_profile_sums_the_last_runs_per_op_type():
                            "If": {"ms": 0.03, "nodes": 1}, "Mul": {"ms": 0.02, "nodes": 1}}}
 
 
-def test_moe_over_dense_pairs_bundles_of_one_precision():
-    run = lambda path, precision, moe, ms: {"bundle": {"path": path, "precision": precision},
-                                            "floor": {"moe": moe, "step_ms": ms}}
-    runs = [run("d8", "int8", False, 4.0), run("m4", "int4", True, 9.0), run("m8", "int8", True, 5.0),
+def test_moe_over_dense_pairs_bundles_of_one_precision_and_recipe():
+    run = lambda path, precision, moe, ms, recipe="new": {"bundle": {"path": path, "precision": precision,
+                                                                      "recipe": recipe},
+                                                           "floor": {"moe": moe, "step_ms": ms}}
+    runs = [run("d8-old", "int8", False, 3.0, "old"), run("d8", "int8", False, 4.0), run("m4", "int4", True, 9.0),
+            run("m8", "int8", True, 5.0), run("m8-old", "int8", True, 6.0, "old"),
             {"bundle": {"path": "x", "precision": "int8"}}]
-    assert floor.moe_over_dense(runs) == [{"precision": "int8", "moe": "m8", "dense": "d8", "moe_step_ms": 5.0,
-                                           "dense_step_ms": 4.0, "ratio": 1.25}]
+    assert floor.moe_over_dense(runs) == [
+        {"precision": "int8", "moe": "m8", "dense": "d8", "moe_step_ms": 5.0, "dense_step_ms": 4.0, "ratio": 1.25},
+        {"precision": "int8", "moe": "m8-old", "dense": "d8-old", "moe_step_ms": 6.0, "dense_step_ms": 3.0,
+         "ratio": 2.0}]
 
 
 def _has_matplotlib() -> bool:
@@ -276,7 +286,7 @@ def test_static_suite_times_a_static_bundle_against_a_dynamic_one(tiny_static_bu
     out = tmp_path / "r"
     assert main(["--bundle", str(tiny_lively_bundle), "--bundle", str(tiny_static_bundle), "--suite", "static", "--quick",
                  "--out", str(out)]) == 0
-    side = json.loads((out / "results.json").read_text(encoding="utf-8"))["static_vs_dynamic"]
+    (side,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["static_vs_dynamic"]
     assert side["static"] == str(tiny_static_bundle) and side["dynamic"] == str(tiny_lively_bundle)
     for what in ("decode", "prefill"):
         (row,) = side[what].values()
@@ -284,6 +294,22 @@ def test_static_suite_times_a_static_bundle_against_a_dynamic_one(tiny_static_bu
     assert "Thinker+Talker decode step, context 64" in (out / "results.md").read_text(encoding="utf-8")
     assert main(["--bundle", str(tiny_lively_bundle), "--suite", "static", "--quick", "--out", str(out)]) == 1
     assert "a static bundle with a dynamic one" in capsys.readouterr().err
+
+
+def test_static_pairs_match_precision_and_recipe(tmp_path):
+    """Each static bundle meets the first dynamic bundle quantized the same way, so one run can hold a recipe's
+    before and after."""
+    def bundle(name: str, static: bool, method: str) -> Path:
+        (tmp_path / name).mkdir()
+        thinker = {"precision": "int8", "recipe": {"method": method}}
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"graphs": {"thinker": thinker},
+                                                                   "static": {} if static else None}))
+        return tmp_path / name
+    d_old, d_new = bundle("d-old", False, "dynamic_int8"), bundle("d-new", False, "matmul_nbits")
+    s_new, s_old = bundle("s-new", True, "matmul_nbits"), bundle("s-old", True, "dynamic_int8")
+    assert static_ratio.static_pairs([d_old, d_new, s_new, s_old]) == [(s_new, d_new), (s_old, d_old)]
+    with pytest.raises(OmniError, match="same weights, precision and recipe"):
+        static_ratio.static_pairs([d_old, s_new])
 
 
 def test_mimi_suite_against_transformers(tiny_bundle, tiny_mimi, tmp_path):

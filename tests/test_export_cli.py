@@ -1,5 +1,5 @@
 """omni-export entry points: --from-hub against a local mirror standing in for the hub, offline failure, a bundle
-without Mimi, and checkpoint errors surfacing as one line."""
+without Mimi, a MoE demo, and checkpoint errors surfacing as one line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from omni_onnx.bundle import Bundle
 from omni_onnx.cli import main as run_main
 from omni_onnx.export.cli import main as export_main
 from omni_onnx.export.hub import CHECKPOINT_REPO, MIMI_REPO, SENSEVOICE_REPO, SIGLIP_REPO
@@ -64,3 +65,15 @@ def test_unreadable_checkpoint(tmp_path, capsys, content):
     bad.write_bytes(content)
     assert export_main(["--checkpoint", str(bad), "--out", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err.startswith("omni-export: error:")
+
+
+def test_demo_moe_is_a_moe_bundle_and_moe_with_a_checkpoint_is_refused(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "moe"
+    assert export_main(["--demo", "--moe", "--skip-verify", "--out", str(out), "--voices"]) == 0
+    assert Bundle.open(out).config.use_moe
+    assert run_main(["--bundle", str(out), "--text", "hi", "--greedy", "--max-new-tokens", "6",
+                     "--out", str(tmp_path / "a.wav")]) == 0
+    capsys.readouterr()
+    assert export_main(["--checkpoint", str(tiny_checkpoint), "--moe", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop --moe" in err and not (tmp_path / "x").exists()

@@ -1,8 +1,9 @@
 """examples/js (the step protocol in JavaScript on onnxruntime-node) reproduces omni-run: prompt ids, text ids, the 8
-code streams, frames, WAV bytes and the stop line, on tiny dynamic and static bundles, greedy and seeded, with a
-voice, through a context that fills up. Its numpy-equivalent pieces (PCG64 stream, byte-level BPE) are also checked
-against numpy and `tokenizers` directly. The same lib in a page (examples/js/web, onnxruntime-web's WebAssembly
-backend) is served from a loopback HTTP server to headless Chromium and checked against omni-run the same way.
+code streams, frames, WAV bytes and the stop line, on tiny dynamic (fp32 and int8) and static bundles, greedy and
+seeded, with a voice, through a context that fills up. Its numpy-equivalent pieces (PCG64 stream, byte-level BPE) are
+also checked against numpy and `tokenizers` directly. The same lib in a page (examples/js/web, onnxruntime-web's
+WebAssembly backend) is served from a loopback HTTP server to headless Chromium and checked against omni-run the same
+way.
 
 `npm ci` runs once per checkout (examples/js/node_modules, keyed by the lockfile's sha256); onnxruntime-node's
 install script is told to skip its download, the package's bundled CPU binary is what runs."""
@@ -63,19 +64,22 @@ def bundles(tiny_eos_checkpoint, tiny_mimi, tmp_path_factory) -> dict[str, Path]
     """The EOS-steered tiny checkpoint (EOS, the 201/0 fill and stop codes on the path) as a dynamic bundle and a
     static one whose 8-position chunks split both prompts unevenly (23 = 8+8+7; the voice prompt's last chunk is
     one position, fed through the decode graphs)."""
+    from omni_onnx.quant.cli import main as omni_quant
     root = tmp_path_factory.mktemp("js")
     ckpt = tiny_eos_checkpoint[0]
-    return {"dynamic": _bundle(ckpt, tiny_mimi, root / "dynamic", None),
+    dynamic = _bundle(ckpt, tiny_mimi, root / "dynamic", None)
+    assert omni_quant([str(dynamic), "--to", "int8", "--out", str(root / "int8")]) == 0
+    return {"dynamic": dynamic, "int8": root / "int8",
             "static": _bundle(ckpt, tiny_mimi, root / "static", StaticShape(context=72, prefill_chunk=8))}
 
 
 CASES = [("dynamic", ["--greedy"]), ("dynamic", ["--seed", "7", "--voice", "eric"]),
-         ("dynamic", ["--greedy", "--context", "33"]), ("static", ["--greedy"]),
-         ("static", ["--seed", "3", "--voice", "dylan"])]
+         ("dynamic", ["--greedy", "--context", "33"]), ("int8", ["--seed", "7", "--voice", "eric"]),
+         ("static", ["--greedy"]), ("static", ["--seed", "3", "--voice", "dylan"])]
 
 
-@pytest.mark.parametrize("kind,extra", CASES, ids=["greedy", "seeded-voice", "context-full", "static-greedy",
-                                                     "static-seeded-voice"])
+@pytest.mark.parametrize("kind,extra", CASES, ids=["greedy", "seeded-voice", "context-full", "int8-seeded-voice",
+                                                     "static-greedy", "static-seeded-voice"])
 def test_js_driver_reproduces_omni_run(node, bundles, tmp_path, capsys, kind, extra):
     common = ["--bundle", str(bundles[kind]), "--text", QUESTION, "--max-new-tokens", "64", *extra]
     assert omni_run([*common, "--dump-codes", str(tmp_path / "rt.json"), "--out", str(tmp_path / "rt.wav")]) == 0

@@ -48,7 +48,13 @@ def test_every_graph_loads_with_its_contract(tiny_bundle, int8_bundle):
     assert dst.manifest["files"] == src.manifest["files"]  # side files copied unchanged
     model = OmniModel(dst)  # GraphSession checks each graph against its contract
     assert None not in (model.mimi, model.vision, model.speech)
+    # 8-bit blockwise weights on the decode graphs' MatMuls; the rank-16 adapters (fewer inputs than a block) are
+    # left to the dynamic int8 pass, or the talker would shrink less than this
     assert dst.graph_path("talker").stat().st_size < 0.8 * src.graph_path("talker").stat().st_size
+    for name in ("thinker", "talker"):
+        nbits = [n for n in onnx.load(dst.graph_path(name)).graph.node if n.op_type == "MatMulNBits"]
+        assert nbits and all(helper.get_attribute_value(a) == 8 for n in nbits for a in n.attribute
+                             if a.name == "bits")
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +243,30 @@ def test_vision_int8_fused_graph_against_torch(tiny_torch_model, tmp_path):
         cosine = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
         assert cosine.min() >= 0.99, cosine.min()
         assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_gemms_become_matmuls_with_the_same_outputs():
+    """The MatMulNBits quantizer takes MatMuls only: a Gemm on a constant B (transposed, as the tied lm_head on the
+    embedding table, whose lookup keeps reading it; or with a bias, as the Talker's projector MLPs) becomes a
+    MatMul on a [K, N] weight, plus an Add unless the bias is zeros."""
+    from omni_onnx.quant.nbits import gemms_as_matmuls
+    rng = np.random.default_rng(0)
+    table, w, bias = (rng.standard_normal(s).astype(np.float32) for s in ((6, 4), (4, 5), (5,)))
+    nodes = [helper.make_node("Constant", [], ["zeros"], value=numpy_helper.from_array(np.zeros(6, np.float32))),
+             helper.make_node("Gemm", ["x", "table", "zeros"], ["head"], name="head", transB=1),
+             helper.make_node("Gemm", ["x", "w", "bias"], ["proj"], name="proj"),
+             helper.make_node("Gather", ["table", "ids"], ["rows"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                     helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("head", "proj", "rows")],
+        [numpy_helper.from_array(a, n) for a, n in ((table, "table"), (w, "w"), (bias, "bias"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.standard_normal((2, 4)).astype(np.float32), "ids": np.array([3])}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), ort_session_options(SessionOptions()),
+                                         providers=["CPUExecutionProvider"]).run(None, feeds)
+    want = run(model)
+    assert gemms_as_matmuls(model) == ["head", "proj"]
+    assert [n.op_type for n in model.graph.node] == ["Constant", "MatMul", "MatMul", "Add", "Gather"]
+    for got, ref in zip(run(model), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
