@@ -4,12 +4,13 @@ each graph was built with, so a bundle says how it was made and `--report` can s
 Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure on trained weights):
 - Thinker and Talker MatMuls: 8-bit MatMulNBits weights in blocks of 128 inputs (asymmetric, int8 compute). A
   decode step is one-row MatMuls streaming their weights from DRAM; on a 2-core AMD EPYC (AVX-512 VNNI, 32 MB
-  L3) onnxruntime 1.32's one-row MatMulNBits kernel read 24 distinct [768, 4864] 8-bit matrices at 28-33 GB/s where
-  the dynamic int8 MatMul read its 7-bit per-channel ones at 12-25 GB/s, interleaved in one process, in four windows
-  of one afternoon (the host's memory load moved the dynamic kernel most; blocks of 128 or 256, symmetric or not:
-  within 5 % of each other; 32 and 64: slower). A prefill's matmuls are compute-bound, and there it is slower than
-  the dynamic int8 MatMul (64 positions at once: ~1.4-1.6x). Activations are quantized per block, finer than the
-  dynamic pass's one scale per call; AVX2 CPUs without VNNI split each weight byte pair so their int16 sums cannot
+  L3) onnxruntime 1.32's one-row MatMulNBits kernel read 24 distinct [768, 4864] 8-bit matrices from DRAM at 20-40
+  GB/s where the dynamic int8 MatMul read its 7-bit per-channel ones at 12-25 GB/s: 0.9-2.6x as fast, faster in six
+  of seven windows of one afternoon (the host's memory load moving both; `python -m omni_onnx.bench.profile
+  --kernels`); one matrix in cache 1.5-1.9x as fast (blocks of 128 or 256, symmetric or not: within 5 % of each
+  other; 32 and 64: slower). The decode step, interleaved with the old recipe's: 0.86x. A prefill's matmuls are
+  compute-bound, and there it is slower than the dynamic int8 MatMul (64 positions at once: ~1.4-1.6x). Activations
+  are quantized per block, finer than the dynamic pass's one scale per call; AVX2 CPUs without VNNI split each weight byte pair so their int16 sums cannot
   saturate (MLAS' `accumulate_q8_*_avx2`); onnxruntime-web has no such kernel and dequantizes to fp32. Gemms (the
   Talker's projector MLPs, the Thinker's tied lm_head) are rewritten as MatMuls first (nbits.gemms_as_matmuls; the
   lm_head then holds its own 8-bit copy of the table, +4.9 MB on disk; resident, the Thinker grew by 6 MB and the
