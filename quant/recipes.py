@@ -2,21 +2,21 @@
 each graph was built with, so a bundle says how it was made and `--report` can show why.
 
 Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure on trained weights):
-- Thinker and Talker MatMuls: 8-bit MatMulNBits weights in blocks of 128 inputs (asymmetric, int8 compute). A
-  decode step is one-row MatMuls streaming their weights from DRAM; on a 2-core AMD EPYC (AVX-512 VNNI, 32 MB
-  L3) onnxruntime 1.32's one-row MatMulNBits kernel read 24 distinct [768, 4864] 8-bit matrices from DRAM at 20-40
-  GB/s where the dynamic int8 MatMul read its 7-bit per-channel ones at 12-25 GB/s: 0.9-2.6x as fast, faster in six
-  of seven windows of one afternoon (the host's memory load moving both; `python -m omni_onnx.bench.profile
-  --kernels`); one matrix in cache 1.5-1.9x as fast (blocks of 128 or 256, symmetric or not: within 5 % of each
-  other; 32 and 64: slower). The decode step, interleaved with the old recipe's: 0.86x. A prefill's matmuls are
-  compute-bound, and there it is slower than the dynamic int8 MatMul (64 positions at once: ~1.4-1.6x). Activations
-  are quantized per block, finer than the dynamic pass's one scale per call; AVX2 CPUs without VNNI split each weight byte pair so their int16 sums cannot
-  saturate (MLAS' `accumulate_q8_*_avx2`); onnxruntime-web has no such kernel and dequantizes to fp32. Gemms (the
-  Talker's projector MLPs, the Thinker's tied lm_head) are rewritten as MatMuls first (nbits.gemms_as_matmuls; the
-  lm_head then holds its own 8-bit copy of the table, +4.9 MB on disk; resident, the Thinker grew by 6 MB and the
-  Talker by 4 MB); MatMuls with fewer inputs than a block (the tiny test model's) stay dynamic int8. Side by side on
-  the same weights (`benchmarks/results/decode-nbits-2026-12-07/`): step 0.86x, prefill of 64 positions 1.44x,
-  teacher-forced text top-1 vs fp32 0.917 -> 0.958.
+- Thinker and Talker MatMuls: 8-bit MatMulNBits weights in blocks of 128 inputs (asymmetric, int8 compute). A decode
+  step is one-row MatMuls streaming their weights from DRAM; on a 2-core AMD EPYC (AVX-512 VNNI, 32 MB L3) onnxruntime
+  1.32's one-row MatMulNBits kernel read 24 distinct [768, 4864] 8-bit matrices from DRAM at 20-40 GB/s where the
+  dynamic int8 MatMul read its 7-bit per-channel ones at 12-25 GB/s: 0.9-2.6x as fast, faster in six of seven windows
+  of one afternoon (the host's memory load moving both; `python -m omni_onnx.bench.profile --kernels`); one matrix in
+  cache 1.5-1.9x as fast (blocks of 128 or 256, symmetric or not: within 5 % of each other; 32 and 64: slower). A
+  prefill's matmuls are compute-bound, and there it is slower than the dynamic int8 MatMul (64 positions at once:
+  ~1.4-1.6x). Activations are quantized per block, finer than the dynamic pass's one scale per call; AVX2 CPUs without
+  VNNI split each weight byte pair so their int16 sums cannot saturate (MLAS' `accumulate_q8_*_avx2`); onnxruntime-web
+  has no such kernel and dequantizes to fp32. Gemms (the Talker's projector MLPs, the Thinker's tied lm_head) are
+  rewritten as MatMuls first (nbits.gemms_as_matmuls; the lm_head then holds its own 8-bit copy of the table, +4.9 MB
+  on disk; resident, the Thinker grew by 6 MB and the Talker by 4 MB); MatMuls with fewer inputs than a block (the
+  tiny test model's) stay dynamic int8. Side by side on the same weights
+  (`benchmarks/results/decode-nbits-2026-12-07/`): step 0.86x, prefill of 64 positions 1.44x, teacher-forced text
+  top-1 vs fp32 0.917 -> 0.958.
   (int4 leaves its Gemms to the dynamic int8 pass: in 4 bits they cut the Talker's logits cosine vs fp32 from
   0.9957 to 0.9884 and the teacher-forced text top-1 from 0.740 to 0.667.)
 - Projectors, encoders: dynamic per-channel QInt8 weights on MatMul (QUInt8 was measured
