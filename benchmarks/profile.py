@@ -142,9 +142,8 @@ def kernel_rates(threads: int, k: int = 768, n: int = 4864, dram_copies: int = 2
     import numpy as np
     import onnx
     import onnxruntime as ort
-    from omni_onnx.quant.dynamic_int8 import int8_weights, quiet_quantizer
-    from omni_onnx.quant.nbits import matmul_nbits
-    from omni_onnx.quant.recipes import DYNAMIC_INT8, INT4, INT8, MATMUL_NBITS, GraphRecipe
+    from omni_onnx.quant.dynamic_int8 import recipe_weights
+    from omni_onnx.quant.recipes import DYNAMIC_INT8, INT4, INT8, GraphRecipe
     from omni_onnx.session import SessionOptions, ort_session_options
 
     from .compute import streamed_weight_bytes
@@ -160,12 +159,7 @@ def kernel_rates(threads: int, k: int = 768, n: int = 4864, dram_copies: int = 2
             _one_row_matmuls(paths["fp32"], k, n, copies)
             for name, r in passes.items():
                 paths[name] = Path(tmp) / f"{name.replace(' ', '_')}_{copies}.onnx"
-                with quiet_quantizer():
-                    if r.method == MATMUL_NBITS:
-                        matmul_nbits(paths["fp32"], paths[name], r.bits, r.block_size, r.accuracy_level,
-                                     r.symmetric, r.gemms)
-                    else:
-                        int8_weights(paths["fp32"], paths[name], r)
+                recipe_weights(paths["fp32"], paths[name], r, Path(tmp))
             for precision, path in paths.items():
                 sess = ort.InferenceSession(os.fspath(path), ort_session_options(SessionOptions(threads=threads)),
                                             providers=["CPUExecutionProvider"])

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omni_onnx.contracts import PREFILL_SUFFIX, GraphSpec, StaticShape, TensorSpec, talker_spec, thinker_spec
+from omni_onnx.errors import OmniError
 
 from . import talker as dynamic_talker
 from . import thinker as dynamic_thinker
@@ -261,6 +262,9 @@ def export_static(model: OmniTorchModel, shape: StaticShape, out_dir: Path, chec
                   ) -> dict[str, tuple[Path, GraphSpec]]:
     """Write every static Thinker/Talker graph (decode, and prefill when the chunk is > 1) into `out_dir`; with
     `check`, verify each against torch."""
+    if model.cfg.use_moe:  # moe_branches.py rewrites the dynamic graphs' traced experts only
+        raise OmniError("a MoE checkpoint has no static form yet (its experts are exported for the dynamic graphs): "
+                        "export it without --static")
     written = {}
     for name, spec in shape.specs(model.cfg).items():
         chunk, _ = _sizes(spec)

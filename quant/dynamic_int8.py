@@ -64,20 +64,27 @@ def int8_weights(src: Path, dst: Path, recipe: GraphRecipe) -> None:
                      extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
 
 
+def recipe_weights(src: Path, dst: Path, recipe: GraphRecipe, work: Path) -> None:
+    """The recipe's weight passes alone (`work`: a folder for the step between them): its MatMulNBits blocks
+    first, then dynamic int8 on the operators left; FP16_WEIGHTS quantizes nothing."""
+    with quiet_quantizer():
+        if recipe.method == MATMUL_NBITS:
+            nbits = work / f"{dst.stem}.nbits.onnx"
+            matmul_nbits(src, nbits, recipe.bits, recipe.block_size, recipe.accuracy_level, recipe.symmetric,
+                         recipe.gemms)
+            src = nbits
+        if recipe.method == FP16_WEIGHTS:
+            shutil.copyfile(src, dst)
+        else:
+            int8_weights(src, dst, recipe)
+
+
 def quantize_graph(src: Path, dst: Path, recipe: GraphRecipe, spec: GraphSpec,
                    opts: SessionOptions) -> Path:
     """Write `src` quantized by `recipe` to `dst`, keeping `spec` (the graph's contract)."""
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         q = Path(tmp) / "quantized.onnx"
-        with quiet_quantizer():
-            if recipe.method == MATMUL_NBITS:
-                matmul_nbits(src, Path(tmp) / "nbits.onnx", recipe.bits, recipe.block_size, recipe.accuracy_level,
-                             recipe.symmetric, recipe.gemms)
-                src = Path(tmp) / "nbits.onnx"
-            if recipe.method == FP16_WEIGHTS:
-                shutil.copyfile(src, q)
-            else:
-                int8_weights(src, q, recipe)
+        recipe_weights(src, q, recipe, Path(tmp))
         if recipe.optimize_offline:
             o = Path(tmp) / "optimized.onnx"
             optimize_offline(q, o, opts)

@@ -24,11 +24,12 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 
 def short_matmuls(model: onnx.ModelProto, block_size: int) -> list[str]:
-    """MatMuls whose constant weight has fewer inputs than a block: padded to a whole block they would grow (a
-    rank-16 adapter 8x), so they stay with the dynamic int8 pass. Initializers of the outer graph count too."""
+    """Names of the MatMuls whose constant weight has fewer inputs than a block: padded to a whole block they would
+    grow (a rank-16 adapter 8x), so they stay with the dynamic int8 pass. Initializers of the outer graph count too.
+    Unnamed nodes are left out: the quantizer excludes by name, and "" would exclude every unnamed MatMul."""
     weights = {t.name: t for g in _graphs(model.graph) for t in g.initializer}
-    return [n.name for g in _graphs(model.graph) for n in g.node
-            if n.op_type == "MatMul" and n.input[1] in weights and weights[n.input[1]].dims[0] < block_size]
+    return [n.name for g in _graphs(model.graph) for n in g.node if n.name and n.op_type == "MatMul"
+            and n.input[1] in weights and weights[n.input[1]].dims[0] < block_size]
 
 
 def gemms_as_matmuls(model: onnx.ModelProto) -> list[str]:

@@ -10,13 +10,13 @@ Choices (2-core Sapphire-Rapids-class VM, random full-size weights; re-measure o
   cache 1.5-1.9x as fast (blocks of 128 or 256, symmetric or not: within 5 % of each other; 32 and 64: slower). A
   prefill's matmuls are compute-bound, and there it is slower than the dynamic int8 MatMul (64 positions at once:
   ~1.4-1.6x). Activations are quantized per block, finer than the dynamic pass's one scale per call; AVX2 CPUs without
-  VNNI split each weight byte pair so their int16 sums cannot saturate (MLAS' `accumulate_q8_*_avx2`); onnxruntime-web
-  has no such kernel and dequantizes to fp32. Gemms (the Talker's projector MLPs, the Thinker's tied lm_head) are
-  rewritten as MatMuls first (nbits.gemms_as_matmuls; the lm_head then holds its own 8-bit copy of the table, +4.9 MB
-  on disk; resident, the Thinker grew by 6 MB and the Talker by 4 MB); MatMuls with fewer inputs than a block (the
-  tiny test model's) stay dynamic int8. Side by side on the same weights
-  (`benchmarks/results/decode-nbits-2026-12-07/`): step 0.86x, prefill of 64 positions 1.44x, teacher-forced text
-  top-1 vs fp32 0.917 -> 0.958.
+  VNNI split each weight byte pair so their int16 sums cannot saturate (MLAS' `accumulate_q8_*_avx2`, read in its
+  source: no AVX2-only CPU here to run it); onnxruntime-web has no such kernel and dequantizes to fp32. Gemms (the
+  Talker's projector MLPs, the Thinker's tied lm_head) are rewritten as MatMuls first (nbits.gemms_as_matmuls; the
+  lm_head then holds its own 8-bit copy of the table, +4.9 MB on disk; resident, the Thinker grew by 6 MB and the
+  Talker by 4 MB); MatMuls with fewer inputs than a block (the tiny test model's) stay dynamic int8. Side by side on
+  the same weights (`benchmarks/results/decode-nbits-2026-12-07/`): step 0.86x, prefill of 64 positions 1.44x,
+  teacher-forced text top-1 vs fp32 0.917 -> 0.958.
   (int4 leaves its Gemms to the dynamic int8 pass: in 4 bits they cut the Talker's logits cosine vs fp32 from
   0.9957 to 0.9884 and the teacher-forced text top-1 from 0.740 to 0.667.)
 - Projectors, encoders: dynamic per-channel QInt8 weights on MatMul (QUInt8 was measured
@@ -66,7 +66,7 @@ from typing import Any
 from omni_onnx.contracts import PREFILL_SUFFIX
 
 DYNAMIC_INT8 = "dynamic_int8"
-MATMUL_NBITS = "matmul_nbits"  # blockwise MatMulNBits MatMul weights (nbits.py); Gemm and the rest as DYNAMIC_INT8
+MATMUL_NBITS = "matmul_nbits"  # blockwise MatMulNBits MatMul weights (nbits.py); what it leaves as DYNAMIC_INT8
 FP16_WEIGHTS = "fp16_weights"  # fp32 compute, large weights stored fp16 (fp16_storage.py) and nothing quantized
 KEEP = "keep"  # copied unchanged (fp32)
 _PRECISION = {DYNAMIC_INT8: "int8", FP16_WEIGHTS: "fp32", KEEP: "fp32"}

@@ -67,7 +67,7 @@ def test_unreadable_checkpoint(tmp_path, capsys, content):
     assert capsys.readouterr().err.startswith("omni-export: error:")
 
 
-def test_demo_moe_is_a_moe_bundle_and_moe_with_a_checkpoint_is_refused(tiny_checkpoint, tmp_path, capsys):
+def test_demo_moe_is_a_moe_bundle_and_refused_with_a_checkpoint_or_static(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "moe"
     assert export_main(["--demo", "--moe", "--skip-verify", "--out", str(out), "--voices"]) == 0
     assert Bundle.open(out).config.use_moe
@@ -77,3 +77,7 @@ def test_demo_moe_is_a_moe_bundle_and_moe_with_a_checkpoint_is_refused(tiny_chec
     assert export_main(["--checkpoint", str(tiny_checkpoint), "--moe", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "drop --moe" in err and not (tmp_path / "x").exists()
+    assert export_main(["--demo", "--moe", "--static", "--skip-verify", "--out", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("omni-export: error: a MoE checkpoint has no static form") and \
+        not (tmp_path / "y").exists()

@@ -8,7 +8,6 @@ answer is exactly what an unlimited context gives. The turn then ends with TurnE
 
 from __future__ import annotations
 
-
 import pytest
 
 from omni_onnx.cli import main as omni_run

@@ -1,9 +1,10 @@
 """Live audio behind a small interface, for `omni-run --mic` (and any other front end of the live session).
 
 A microphone gives fixed blocks of 16 kHz float32 audio (`read` waits for the next one, `poll` returns those ready
-now, `backlog` counts what was captured and not yet returned); a speaker takes 24 kHz frames into a jitter buffer that starts with the first frame (`write`), can be cut
-(`stop`, for barge-in), is told when an answer's audio is complete (`finish`), reports whether audio is still queued
-(`busy`) and hands back what it played (`take_played`, the echo reference).
+now, `backlog` counts what was captured and not yet returned); a speaker takes 24 kHz frames into a jitter buffer that
+starts with the first frame (`write`), can be cut (`stop`, for barge-in), is told when an answer's audio is complete
+(`finish`), reports whether audio is still queued (`busy`) and hands back what it played (`take_played`, the echo
+reference).
 
 The sounddevice backend (imported lazily) runs both streams with PortAudio's low-latency settings and 10-20 ms
 blocks: the input is captured at the device's native rate and resampled to 16 kHz with soxr; the output is

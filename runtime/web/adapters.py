@@ -2,10 +2,10 @@
 is re-pointed here and nowhere else. `omni-run --mic` and a browser tab drive the same `LiveSession`: the page's
 microphone and loudspeaker stand in for the sound devices behind the engine's microphone/speaker protocol.
 
-Names used from the engine: `LiveSession(conv, vad, mic, speaker, clock, gen, rng, opts, record, show)`, its
-`run()` and `log(kind, text)`, `LiveOptions(turns, echo)`, `EchoOptions.named`, `TurnOptions().min_silence`, and the
-microphone (`block`, `read`, `poll`, `backlog`) and speaker (`sample_rate`, `write`, `finish`, `stop`, `busy`, `take_played`,
-`played_samples`, `underruns`) protocols of `live.devices`.
+Names used from the engine: `LiveSession(conv, vad, mic, speaker, clock, gen, rng, opts, record, show)`, its `run()`
+and `log(kind, text)`, `LiveOptions(turns, echo)`, `EchoOptions.named`, `TurnOptions().min_silence`, and the
+microphone (`block`, `read`, `poll`, `backlog`) and speaker (`sample_rate`, `write`, `finish`, `stop`, `busy`,
+`take_played`, `played_samples`, `underruns`) protocols of `live.devices`.
 
 The browser runs WebRTC's echo canceller, noise suppression and gain control on its microphone
 (`getUserMedia({audio: {echoCancellation: true, ...}})`), so the engine runs without its own (`--echo off`): a
