@@ -8,13 +8,13 @@ a random row), in the same rounds of one process; the Thinker+Talker step (`Step
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+from omni_onnx.bench.latency import timed_ms
 from omni_onnx.model import Conversation, OmniModel
 from omni_onnx.session import DISABLED_OPTIMIZERS, SessionOptions, ort_session_options
 
@@ -42,17 +42,6 @@ def matmuls_only(src: Path, dst: Path) -> None:
     model = helper.make_model(graph, opset_imports=m.opset_import)
     model.ir_version = m.ir_version
     onnx.save(model, dst)
-
-
-def median_ms(f, n: int = 60) -> float:
-    for _ in range(3):
-        f()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -91,7 +80,7 @@ def main() -> None:
         res = {k: [] for k in runs}
         for _ in range(a.rounds):
             for k, f in runs.items():
-                res[k].append(median_ms(f))
+                res[k].append(float(np.median(timed_ms(f, 60))))
     med = {k: float(np.median(v)) for k, v in res.items()}
     print("  ".join(f"{k} {v:.3f} ms" for k, v in med.items()))
     rest = med["thinker"] + med["talker"] - med["thinker matmuls alone"] - med["talker matmuls alone"]
